@@ -26,9 +26,16 @@ def patch() -> None:
     global _initialised
     if _initialised:
         return
+    import os
+
     from gevent import monkey
 
     monkey.patch_all()
+    # grpc's fork support restarts its pollers in a forked child, and
+    # gevent's subprocess then closes their descriptors before exec: the
+    # child aborts. goverse forks (etcd, node processes) after channels
+    # exist, so the support is off unless the user asked for it.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
     init_grpc()
 
 

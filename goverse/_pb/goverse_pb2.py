@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rgoverse.proto\x12\x07goverse\x1a\x19google/protobuf/any.proto\"\x07\n\x05\x45mpty\"U\n\x0eStatusResponse\x12\x16\n\x0e\x61\x64vertise_addr\x18\x01 \x01(\t\x12\x13\n\x0bnum_objects\x18\x02 \x01(\x03\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x03\"=\n\nObjectInfo\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x15\n\rcreation_time\x18\x03 \x01(\x03\";\n\x13ListObjectsResponse\x12$\n\x07objects\x18\x01 \x03(\x0b\x32\x13.goverse.ObjectInfo\"w\n\x11\x43\x61llObjectRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12%\n\x07request\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x11\n\tclient_id\x18\x05 \x01(\t\"<\n\x12\x43\x61llObjectResponse\x12&\n\x08response\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\"/\n\x13\x43reateObjectRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\"\n\x14\x43reateObjectResponse\x12\n\n\x02id\x18\x01 \x01(\t\"/\n\x13\x44\x65leteObjectRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"\x16\n\x14\x44\x65leteObjectResponse\"\xcc\x01\n\x0bPeerRequest\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x1b\n\x02op\x18\x02 \x01(\x0e\x32\x0f.goverse.PeerOp\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\n\n\x02id\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12%\n\x07request\x18\x06 \x01(\x0b\x32\x14.google.protobuf.Any\x12\r\n\x05\x65poch\x18\x07 \x01(\x03\x12\x0f\n\x07timeout\x18\x08 \x01(\x01\x12\x0f\n\x07\x63ontext\x18\t \x01(\x0c\x12\x11\n\tclient_id\x18\n \x01(\t\"z\n\x0cPeerResponse\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12&\n\x08response\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x12\n\nerror_kind\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\n\n\x02id\x18\x05 \x01(\t\"3\n\tPeerBatch\x12&\n\x08requests\x18\x01 \x03(\x0b\x32\x14.goverse.PeerRequest\"=\n\x11PeerResponseBatch\x12(\n\tresponses\x18\x01 \x03(\x0b\x32\x15.goverse.PeerResponse*[\n\x06PeerOp\x12\x17\n\x13PEER_OP_UNSPECIFIED\x10\x00\x12\x10\n\x0cPEER_OP_CALL\x10\x01\x12\x12\n\x0ePEER_OP_CREATE\x10\x02\x12\x12\n\x0ePEER_OP_DELETE\x10\x03\x32\x9c\x03\n\x07Goverse\x12\x31\n\x06Status\x12\x0e.goverse.Empty\x1a\x17.goverse.StatusResponse\x12;\n\x0bListObjects\x12\x0e.goverse.Empty\x1a\x1c.goverse.ListObjectsResponse\x12\x45\n\nCallObject\x12\x1a.goverse.CallObjectRequest\x1a\x1b.goverse.CallObjectResponse\x12K\n\x0c\x43reateObject\x12\x1c.goverse.CreateObjectRequest\x1a\x1d.goverse.CreateObjectResponse\x12K\n\x0c\x44\x65leteObject\x12\x1c.goverse.DeleteObjectRequest\x1a\x1d.goverse.DeleteObjectResponse\x12@\n\nPeerStream\x12\x12.goverse.PeerBatch\x1a\x1a.goverse.PeerResponseBatch(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rgoverse.proto\x12\x07goverse\x1a\x19google/protobuf/any.proto\"\x07\n\x05\x45mpty\"U\n\x0eStatusResponse\x12\x16\n\x0e\x61\x64vertise_addr\x18\x01 \x01(\t\x12\x13\n\x0bnum_objects\x18\x02 \x01(\x03\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x03\"=\n\nObjectInfo\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x15\n\rcreation_time\x18\x03 \x01(\x03\";\n\x13ListObjectsResponse\x12$\n\x07objects\x18\x01 \x03(\x0b\x32\x13.goverse.ObjectInfo\"w\n\x11\x43\x61llObjectRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12%\n\x07request\x18\x04 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x11\n\tclient_id\x18\x05 \x01(\t\"<\n\x12\x43\x61llObjectResponse\x12&\n\x08response\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\"/\n\x13\x43reateObjectRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\"\n\x14\x43reateObjectResponse\x12\n\n\x02id\x18\x01 \x01(\t\"/\n\x13\x44\x65leteObjectRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\"\x16\n\x14\x44\x65leteObjectResponse\"\xeb\x01\n\x0bPeerRequest\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12\x1b\n\x02op\x18\x02 \x01(\x0e\x32\x0f.goverse.PeerOp\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\n\n\x02id\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\x12%\n\x07request\x18\x06 \x01(\x0b\x32\x14.google.protobuf.Any\x12\r\n\x05\x65poch\x18\x07 \x01(\x03\x12\x0f\n\x07timeout\x18\x08 \x01(\x01\x12\x0f\n\x07\x63ontext\x18\t \x01(\x0c\x12\x11\n\tclient_id\x18\n \x01(\t\x12\r\n\x05\x63hain\x18\x0b \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\x0c \x01(\t\"z\n\x0cPeerResponse\x12\x0b\n\x03tag\x18\x01 \x01(\x04\x12&\n\x08response\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x12\n\nerror_kind\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\n\n\x02id\x18\x05 \x01(\t\"3\n\tPeerBatch\x12&\n\x08requests\x18\x01 \x03(\x0b\x32\x14.goverse.PeerRequest\"=\n\x11PeerResponseBatch\x12(\n\tresponses\x18\x01 \x03(\x0b\x32\x15.goverse.PeerResponse*[\n\x06PeerOp\x12\x17\n\x13PEER_OP_UNSPECIFIED\x10\x00\x12\x10\n\x0cPEER_OP_CALL\x10\x01\x12\x12\n\x0ePEER_OP_CREATE\x10\x02\x12\x12\n\x0ePEER_OP_DELETE\x10\x03\x32\x9c\x03\n\x07Goverse\x12\x31\n\x06Status\x12\x0e.goverse.Empty\x1a\x17.goverse.StatusResponse\x12;\n\x0bListObjects\x12\x0e.goverse.Empty\x1a\x1c.goverse.ListObjectsResponse\x12\x45\n\nCallObject\x12\x1a.goverse.CallObjectRequest\x1a\x1b.goverse.CallObjectResponse\x12K\n\x0c\x43reateObject\x12\x1c.goverse.CreateObjectRequest\x1a\x1d.goverse.CreateObjectResponse\x12K\n\x0c\x44\x65leteObject\x12\x1c.goverse.DeleteObjectRequest\x1a\x1d.goverse.DeleteObjectResponse\x12@\n\nPeerStream\x12\x12.goverse.PeerBatch\x1a\x1a.goverse.PeerResponseBatch(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'goverse_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PEEROP']._serialized_start=1061
-  _globals['_PEEROP']._serialized_end=1152
+  _globals['_PEEROP']._serialized_start=1092
+  _globals['_PEEROP']._serialized_end=1183
   _globals['_EMPTY']._serialized_start=53
   _globals['_EMPTY']._serialized_end=60
   _globals['_STATUSRESPONSE']._serialized_start=62
@@ -55,13 +55,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEOBJECTRESPONSE']._serialized_start=590
   _globals['_DELETEOBJECTRESPONSE']._serialized_end=612
   _globals['_PEERREQUEST']._serialized_start=615
-  _globals['_PEERREQUEST']._serialized_end=819
-  _globals['_PEERRESPONSE']._serialized_start=821
-  _globals['_PEERRESPONSE']._serialized_end=943
-  _globals['_PEERBATCH']._serialized_start=945
-  _globals['_PEERBATCH']._serialized_end=996
-  _globals['_PEERRESPONSEBATCH']._serialized_start=998
-  _globals['_PEERRESPONSEBATCH']._serialized_end=1059
-  _globals['_GOVERSE']._serialized_start=1155
-  _globals['_GOVERSE']._serialized_end=1567
+  _globals['_PEERREQUEST']._serialized_end=850
+  _globals['_PEERRESPONSE']._serialized_start=852
+  _globals['_PEERRESPONSE']._serialized_end=974
+  _globals['_PEERBATCH']._serialized_start=976
+  _globals['_PEERBATCH']._serialized_end=1027
+  _globals['_PEERRESPONSEBATCH']._serialized_start=1029
+  _globals['_PEERRESPONSEBATCH']._serialized_end=1090
+  _globals['_GOVERSE']._serialized_start=1186
+  _globals['_GOVERSE']._serialized_end=1598
 # @@protoc_insertion_point(module_scope)

@@ -96,7 +96,7 @@ class DeleteObjectResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class PeerRequest(_message.Message):
-    __slots__ = ("tag", "op", "type", "id", "method", "request", "epoch", "timeout", "context", "client_id")
+    __slots__ = ("tag", "op", "type", "id", "method", "request", "epoch", "timeout", "context", "client_id", "chain", "caller")
     TAG_FIELD_NUMBER: _ClassVar[int]
     OP_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,8 @@ class PeerRequest(_message.Message):
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
     tag: int
     op: PeerOp
     type: str
@@ -117,7 +119,9 @@ class PeerRequest(_message.Message):
     timeout: float
     context: bytes
     client_id: str
-    def __init__(self, tag: _Optional[int] = ..., op: _Optional[_Union[PeerOp, str]] = ..., type: _Optional[str] = ..., id: _Optional[str] = ..., method: _Optional[str] = ..., request: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., epoch: _Optional[int] = ..., timeout: _Optional[float] = ..., context: _Optional[bytes] = ..., client_id: _Optional[str] = ...) -> None: ...
+    chain: str
+    caller: str
+    def __init__(self, tag: _Optional[int] = ..., op: _Optional[_Union[PeerOp, str]] = ..., type: _Optional[str] = ..., id: _Optional[str] = ..., method: _Optional[str] = ..., request: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., epoch: _Optional[int] = ..., timeout: _Optional[float] = ..., context: _Optional[bytes] = ..., client_id: _Optional[str] = ..., chain: _Optional[str] = ..., caller: _Optional[str] = ...) -> None: ...
 
 class PeerResponse(_message.Message):
     __slots__ = ("tag", "response", "error_kind", "error_message", "id")

@@ -1,0 +1,538 @@
+"""Cluster membership, leadership and shard ownership, kept in etcd.
+
+Keys under the cluster prefix ``P``:
+
+``P/meta/num_shards``       the shard count every node must agree on
+``P/nodes/<address>``       one per live node, on that node's lease
+``P/leader``                the leader's address, on the leader's lease
+``P/shards/<n>/target``     where the leader wants shard n
+``P/shards/<n>/owner``      the node serving shard n, on the owner's lease
+
+The owner key's ``mod_revision`` is the shard's *epoch*. Ownership only
+changes by compare-and-set: a node claims a shard it is the target of when
+the owner key is absent, and releases one by deleting its own owner key at
+its own epoch. Owner keys ride on the owner's lease, so a node that dies
+loses its shards when its lease expires; a node that cannot renew its lease
+stops serving before the lease can expire (see :meth:`Cluster.serving`), so
+one shard never has two serving owners.
+
+Everything this node knows comes from one watch of the prefix; the control
+loop (leader duties, claims, releases) runs in one greenlet, woken by
+changes of that view and by a timer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import gevent
+from gevent.event import Event
+
+from . import assignment
+from .errors import ConfigError, EtcdUnavailable, GoverseError, NodeStopped
+from .etcd import (
+    EtcdClient,
+    KeyValue,
+    PrefixWatcher,
+    WatchEvent,
+    cmp_mod_revision,
+    cmp_value,
+    cmp_version,
+    op_delete,
+    op_put,
+)
+
+log = logging.getLogger(__name__)
+
+#: Shards written by one etcd transaction; etcd's default limit is 128 ops.
+TXN_BATCH = 64
+
+#: Shards the leader moves per round while rebalancing.
+MOVE_BATCH = 512
+
+
+@dataclass
+class ShardView:
+    """What this node knows of one shard."""
+
+    target: str | None = None
+    owner: str | None = None
+    epoch: int = 0
+
+
+@dataclass
+class ClusterState:
+    """This node's view of the cluster, as the watch delivered it."""
+
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    leader: str | None = None
+    shards: list[ShardView] = field(default_factory=list)
+    revision: int = 0
+
+
+class Cluster:
+    """One node's membership in a goverse cluster."""
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        *,
+        address: str,
+        prefix: str,
+        num_shards: int,
+        lease_ttl: int,
+        stability_window: float,
+        group: Any,
+        on_release: Callable[[set[int], float], None],
+        on_lost: Callable[[str], None],
+    ) -> None:
+        self.client = client
+        self.address = address
+        self.prefix = prefix
+        self.num_shards = num_shards
+        self.lease_ttl = lease_ttl
+        self.stability_window = stability_window
+        self._group = group
+        self._on_release = on_release
+        self._on_lost = on_lost
+
+        self.state = ClusterState(shards=[ShardView() for _ in range(num_shards)])
+        #: Shards this node owns, by epoch, as its own claims established.
+        self.owned: dict[int, int] = {}
+        self.releasing: set[int] = set()
+        self.lease_id = 0
+        self._lease_valid_until = 0.0
+        self._membership_changed = time.monotonic()
+        self._changed = Event()
+        self._wake = Event()
+        self._watcher: PrefixWatcher | None = None
+        self._stopping = False
+        self._leaving = False
+        self._started = time.monotonic()
+        self._greenlets: list[gevent.Greenlet] = []
+        self.statistics = {"claims": 0, "releases": 0, "assignments": 0, "lease_losses": 0}
+
+    def __repr__(self) -> str:
+        role = "leader" if self.is_leader else "member"
+        return "Cluster<%s,%s,quorum=%d>" % (self.address, role, len(self.state.nodes))
+
+    # ---- keys ------------------------------------------------------------
+
+    def _key(self, *parts: object) -> str:
+        return "/".join((self.prefix,) + tuple(str(p) for p in parts))
+
+    def _owner_key(self, shard: int) -> str:
+        return self._key("shards", shard, "owner")
+
+    def _target_key(self, shard: int) -> str:
+        return self._key("shards", shard, "target")
+
+    # ---- lifecycle -------------------------------------------------------
+
+    def start(self) -> None:
+        """Join: check the shard count, take a lease, register, watch."""
+        self._check_num_shards()
+        self._register()
+        self._watcher = PrefixWatcher(
+            self.client, self.prefix + "/",
+            on_snapshot=self._on_snapshot, on_events=self._on_events,
+            name="cluster view of %s" % self.address)
+        self._watcher.start()
+        self._spawn(self._keepalive_loop)
+        self._spawn(self._control_loop)
+        log.info("%r joined (lease %x, ttl %ds, %d shards)", self, self.lease_id,
+                 self.lease_ttl, self.num_shards)
+
+    def hand_over(self, deadline: float) -> None:
+        """Leave gracefully: let other nodes take every shard before ``deadline``.
+
+        The node resigns leadership and removes its node key (keeping its
+        lease, so its owner keys stay): the leader then retargets its shards
+        and the control loop releases each one after evicting its objects.
+        """
+        self._leaving = True
+        others = [n for n in self.state.nodes if n != self.address]
+        try:
+            self.client.txn([cmp_value(self._key("leader"), "==", self.address)],
+                            [op_delete(self._key("leader"))])
+            self.client.delete(self._key("nodes", self.address))
+        except GoverseError as exc:
+            log.warning("%r could not announce that it leaves: %s", self, exc)
+            return
+        if not others:
+            return
+        log.info("%r handing %d shards over to %d nodes", self, len(self.owned), len(others))
+        while self.owned and time.monotonic() < deadline:
+            self._wake.set()
+            self.wait_changed(min(0.2, max(0.0, deadline - time.monotonic())))
+        if self.owned:
+            log.warning("%r still owned %d shards at the end of its grace period",
+                        self, len(self.owned))
+
+    def stop(self) -> None:
+        """Leave: stop serving, drop the lease (owner and node keys go with it)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._lease_valid_until = 0.0
+        self.owned.clear()
+        for greenlet in self._greenlets:
+            greenlet.kill(block=True, timeout=2)
+        if self._watcher is not None:
+            self._watcher.stop()
+        try:
+            if self.lease_id:
+                self.client.revoke_lease(self.lease_id)
+        except GoverseError as exc:
+            log.warning("%r could not revoke its lease (it will expire): %s", self, exc)
+        self._changed.set()
+        log.info("%r left the cluster", self)
+
+    def _spawn(self, fn: Callable[[], None]) -> None:
+        greenlet = self._group.spawn(fn)
+        self._greenlets.append(greenlet)
+
+    def _check_num_shards(self) -> None:
+        key = self._key("meta", "num_shards")
+        result = self.client.txn([cmp_version(key, "==", 0)],
+                                 [op_put(key, str(self.num_shards))])
+        if result.succeeded:
+            return
+        stored = self.client.get(key)
+        if stored is not None and stored.value.decode() != str(self.num_shards):
+            raise ConfigError(
+                "num_shards is %d here but the cluster at %s uses %s; every node of "
+                "a cluster must use the same shard count" % (
+                    self.num_shards, self.prefix, stored.value.decode()))
+
+    def _register(self) -> None:
+        lease_id, ttl = self.client.grant_lease(self.lease_ttl)
+        granted_at = time.monotonic()
+        info = json.dumps({"address": self.address, "pid": os.getpid(),
+                           "started": time.time()})
+        self.client.put(self._key("nodes", self.address), info, lease=lease_id)
+        self.lease_id = lease_id
+        self._lease_valid_until = granted_at + self._safe_ttl(ttl)
+
+    def _safe_ttl(self, ttl: int) -> float:
+        # Stop serving well before etcd would expire the lease: by then
+        # another node may claim our shards.
+        return ttl - max(0.5, ttl / 4.0)
+
+    # ---- the view --------------------------------------------------------
+
+    def _on_snapshot(self, kvs: list[KeyValue], revision: int) -> None:
+        state = ClusterState(shards=[ShardView() for _ in range(self.num_shards)])
+        for kv in kvs:
+            self._apply(state, "put", kv)
+        if set(state.nodes) != set(self.state.nodes):
+            self._membership_changed = time.monotonic()
+        state.revision = revision
+        self.state = state
+        self._drop_lost_claims()
+        self._notify()
+
+    def _on_events(self, events: list[WatchEvent], revision: int) -> None:
+        before = len(self.state.nodes)
+        members = set(self.state.nodes)
+        for event in events:
+            self._apply(self.state, event.kind, event.kv)
+        if len(self.state.nodes) != before or set(self.state.nodes) != members:
+            self._membership_changed = time.monotonic()
+        self.state.revision = revision
+        self._drop_lost_claims()
+        self._notify()
+
+    def _apply(self, state: ClusterState, kind: str, kv: KeyValue) -> None:
+        rest = kv.key[len(self.prefix) + 1:]
+        parts = rest.split("/")
+        value = kv.value.decode("utf-8", "replace") if kind == "put" else None
+        if parts[0] == "nodes" and len(parts) == 2:
+            self._apply_node(state, parts[1], value)
+        elif parts[0] == "leader":
+            state.leader = value
+        elif parts[0] == "shards" and len(parts) == 3 and parts[1].isdigit():
+            shard = int(parts[1])
+            if shard < self.num_shards:
+                self._apply_shard(state.shards[shard], parts[2], value, kv.mod_revision)
+
+    @staticmethod
+    def _apply_node(state: ClusterState, address: str, value: str | None) -> None:
+        if value is None:
+            state.nodes.pop(address, None)
+            return
+        try:
+            state.nodes[address] = json.loads(value)
+        except ValueError:
+            state.nodes[address] = {"address": address}
+
+    @staticmethod
+    def _apply_shard(view: ShardView, which: str, value: str | None, revision: int) -> None:
+        if which == "target":
+            view.target = value
+        elif which == "owner":
+            # A delete keeps its revision as the epoch, so a node can tell
+            # that an owner key it wrote was removed after its claim.
+            view.owner = value
+            view.epoch = revision
+
+    def _drop_lost_claims(self) -> None:
+        """Forget claims the view says are gone (the lease expired under us)."""
+        shards = self.state.shards
+        lost = [s for s, epoch in self.owned.items()
+                if shards[s].owner != self.address and shards[s].epoch >= epoch
+                and s not in self.releasing]
+        for shard in lost:
+            del self.owned[shard]
+        if lost:
+            log.warning("%r lost %d shards it owned (its lease expired?)", self, len(lost))
+            self._on_release(set(lost), time.monotonic())
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, Event()
+        changed.set()
+        self._wake.set()
+
+    def wait_changed(self, timeout: float) -> bool:
+        """Block until the view changes or ``timeout`` passes."""
+        return self._changed.wait(timeout)
+
+    # ---- queries ---------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self.state.leader == self.address
+
+    def serving(self) -> bool:
+        """True while this node's lease is surely alive (checked on every call)."""
+        return time.monotonic() < self._lease_valid_until
+
+    def accepts(self, shard: int | None) -> bool:
+        """May this node activate objects of ``shard`` now?"""
+        if shard is None:
+            return self.serving()
+        return shard in self.owned and shard not in self.releasing and self.serving()
+
+    def route(self, shard: int) -> tuple[str | None, int]:
+        """The owner of ``shard`` and its epoch, as far as this node knows."""
+        if shard in self.owned and self.serving():
+            return self.address, self.owned[shard]
+        view = self.state.shards[shard]
+        if view.owner is not None and view.owner in self.state.nodes:
+            return view.owner, view.epoch
+        return None, 0
+
+    def is_member(self, address: str) -> bool:
+        return address in self.state.nodes
+
+    def ready_reason(self) -> str | None:
+        """None when the cluster is ready, else why it is not."""
+        if self._stopping:
+            return "node is stopping"
+        if not self.serving():
+            return "this node's etcd lease is not confirmed"
+        nodes = self.state.nodes
+        unowned = sum(1 for v in self.state.shards if v.owner not in nodes)
+        if unowned:
+            return "%d of %d shards have no live owner" % (unowned, self.num_shards)
+        stable_for = time.monotonic() - self._membership_changed
+        if stable_for < self.stability_window:
+            return "membership changed %.2fs ago (window %.2fs)" % (
+                stable_for, self.stability_window)
+        return None
+
+    def is_ready(self) -> bool:
+        return self.ready_reason() is None
+
+    def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.is_ready():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.wait_changed(min(left, 0.1))
+        return True
+
+    def view(self) -> dict[str, Any]:
+        """A plain snapshot of the cluster for tools and the admin plane."""
+        owners: dict[str, int] = {}
+        targets: dict[str, int] = {}
+        for shard in self.state.shards:
+            if shard.owner:
+                owners[shard.owner] = owners.get(shard.owner, 0) + 1
+            if shard.target:
+                targets[shard.target] = targets.get(shard.target, 0) + 1
+        return {
+            "address": self.address,
+            "leader": self.state.leader,
+            "is_leader": self.is_leader,
+            "nodes": sorted(self.state.nodes),
+            "num_shards": self.num_shards,
+            "shards_owned": owners,
+            "shards_targeted": targets,
+            "owned_here": len(self.owned),
+            "ready": self.is_ready(),
+            "ready_reason": self.ready_reason(),
+            "revision": self.state.revision,
+            "statistics": dict(self.statistics),
+        }
+
+    def shard_table(self) -> list[dict[str, Any]]:
+        return [{"shard": n, "target": v.target, "owner": v.owner, "epoch": v.epoch}
+                for n, v in enumerate(self.state.shards)]
+
+    # ---- the lease -------------------------------------------------------
+
+    def _keepalive_loop(self) -> None:
+        interval = max(0.2, self.lease_ttl / 4.0)
+        while not self._stopping:
+            sent = time.monotonic()
+            try:
+                remaining = self.client.keepalive_once(self.lease_id)
+            except EtcdUnavailable as exc:
+                log.warning("%r could not renew its lease: %s", self, exc)
+                self._check_lease_deadline()
+                gevent.sleep(min(interval, 0.25))
+                continue
+            if remaining <= 0:
+                self._rejoin()
+            else:
+                self._lease_valid_until = sent + self._safe_ttl(remaining)
+            gevent.sleep(interval)
+
+    def _check_lease_deadline(self) -> None:
+        if not self.serving() and self.owned:
+            self._lose_everything("lease renewal overdue")
+
+    def _lose_everything(self, reason: str) -> None:
+        shards = set(self.owned)
+        self.owned.clear()
+        self.statistics["lease_losses"] += 1
+        log.error("%r stops serving %d shards: %s", self, len(shards), reason)
+        self._on_release(shards, time.monotonic())
+        self._on_lost(reason)
+
+    def _rejoin(self) -> None:
+        self._lose_everything("etcd lease expired")
+        try:
+            self._register()
+        except GoverseError as exc:
+            log.warning("%r could not register again: %s", self, exc)
+            return
+        log.warning("%r registered again with lease %x", self, self.lease_id)
+
+    # ---- the control loop ------------------------------------------------
+
+    def _control_loop(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                self._control_step()
+                backoff = 0.1
+            except GoverseError as exc:
+                log.warning("%r control step failed: %s", self, exc)
+                gevent.sleep(backoff + random.random() * backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _control_step(self) -> None:
+        if not self.serving():
+            self._check_lease_deadline()
+            return
+        if self.state.leader is None and not self._leaving:
+            self._campaign()
+        if self.is_leader:
+            self._assign()
+        self._claim()
+        self._release()
+
+    def _campaign(self) -> None:
+        key = self._key("leader")
+        result = self.client.txn([cmp_version(key, "==", 0)],
+                                 [op_put(key, self.address, lease=self.lease_id)])
+        if result.succeeded:
+            log.info("%r became leader", self)
+
+    def _assign(self) -> None:
+        nodes = sorted(self.state.nodes)
+        if not nodes:
+            return
+        targets = [v.target for v in self.state.shards]
+        stable = time.monotonic() - self._membership_changed >= self.stability_window
+        # Orphaned shards are reassigned at once (failover must not wait);
+        # rebalancing live shards waits for a stable membership.
+        plan = assignment.plan_assignment(
+            targets, nodes, max_moves=MOVE_BATCH if stable else 0)
+        if not plan:
+            return
+        leader_key = self._key("leader")
+        items = sorted(plan.items())
+        for start in range(0, len(items), TXN_BATCH):
+            batch = items[start:start + TXN_BATCH]
+            ops = [op_put(self._target_key(s), node) for s, node in batch]
+            result = self.client.txn([cmp_value(leader_key, "==", self.address)], ops)
+            if not result.succeeded:
+                log.info("%r is no longer leader; assignment stopped", self)
+                return
+            for shard, node in batch:
+                self.state.shards[shard].target = node
+        self.statistics["assignments"] += len(items)
+        log.info("%r assigned %d shards over %d nodes", self, len(items), len(nodes))
+
+    def _claim(self) -> None:
+        if self._leaving:
+            return
+        shards = self.state.shards
+        wanted = [s for s, v in enumerate(shards)
+                  if v.target == self.address and v.owner is None and s not in self.owned]
+        for start in range(0, len(wanted), TXN_BATCH):
+            self._claim_batch(wanted[start:start + TXN_BATCH])
+
+    def _claim_batch(self, batch: list[int]) -> None:
+        compare = [cmp_version(self._owner_key(s), "==", 0) for s in batch]
+        ops = [op_put(self._owner_key(s), self.address, lease=self.lease_id) for s in batch]
+        result = self.client.txn(compare, ops)
+        if result.succeeded:
+            for shard in batch:
+                self.owned[shard] = result.revision
+            self.statistics["claims"] += len(batch)
+            log.debug("%r claimed %d shards at epoch %d", self, len(batch), result.revision)
+        elif len(batch) > 1:
+            for shard in batch:
+                self._claim_batch([shard])
+
+    def _release(self) -> None:
+        shards = self.state.shards
+        moving = {s for s in self.owned
+                  if shards[s].target != self.address and shards[s].target in self.state.nodes}
+        if not moving:
+            return
+        self.releasing |= moving
+        try:
+            self._on_release(moving, time.monotonic() + 5.0)
+            self._delete_owner_keys(moving)
+        finally:
+            self.releasing -= moving
+
+    def _delete_owner_keys(self, moving: set[int]) -> None:
+        items = sorted(moving)
+        for start in range(0, len(items), TXN_BATCH):
+            batch = items[start:start + TXN_BATCH]
+            compare = [cmp_mod_revision(self._owner_key(s), "==", self.owned[s]) for s in batch]
+            result = self.client.txn(compare, [op_delete(self._owner_key(s)) for s in batch])
+            for shard in batch:
+                self.owned.pop(shard, None)
+            if result.succeeded:
+                self.statistics["releases"] += len(batch)
+        log.info("%r released %d shards", self, len(items))
+
+    def check_alive(self) -> None:
+        if self._stopping:
+            raise NodeStopped("%r is stopping" % (self,))

@@ -1,0 +1,547 @@
+"""A goverse node: hosts objects, joins the cluster, routes every request.
+
+:class:`Node` composes the parts: the local :class:`ObjectHost`, the
+:class:`Cluster` membership in etcd, the gRPC server and one
+:class:`PeerClient` per other node. Its public methods create, call and
+delete objects wherever they live; the ``*_owned`` methods serve requests
+for objects this node owns and refuse the rest.
+
+Every greenlet a node starts belongs to one of its groups and runs in a
+copy of its spawner's context. ``stop()`` hands shards over, drains calls
+within the grace period, cancels detached operations, leaves the cluster
+and only then closes the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from concurrent import futures
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import gevent
+import grpc
+from gevent.pool import Group
+
+from . import callctx as context
+from . import runtime
+from ._pb import goverse_pb2 as pb
+from ._pb import goverse_pb2_grpc as pb_grpc
+from .activation import ObjectHost
+from .cluster import Cluster
+from .config import Settings
+from .errors import (
+    CallTimeout,
+    GoverseError,
+    NodeStopped,
+    NoRoute,
+    NotOwner,
+    ObjectMethodError,
+    OperationCancelled,
+    ShardMoved,
+    error_kind,
+)
+from .etcd import EtcdClient
+from .objects import BaseObject, TypeRegistry, lookup_method, registry as default_registry
+from .operations import Operation, OperationLog
+from .sharding import Placement, placement, validate_id
+from .transport import NodeServicer, PeerClient, channel_options, pack, response_or_raise
+
+log = logging.getLogger(__name__)
+
+#: Longest pause between looks at the shard map while a route is missing.
+_ROUTE_POLL = 0.25
+
+_current_node: Node | None = None
+
+
+def current_node() -> Node:
+    """The node started last in this process (the module-level API uses it)."""
+    if _current_node is None or _current_node.stopped:
+        raise NodeStopped("no goverse node is running in this process; start one "
+                          "with goverse.Node(...).start()")
+    return _current_node
+
+
+class Node:
+    """One node process's share of a goverse cluster."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        registry: TypeRegistry | None = None,
+        activation_hook: Callable[[BaseObject, str], None] | None = None,
+        **overrides: Any,
+    ) -> None:
+        settings = settings or Settings.from_mapping({})
+        self.settings = settings.replace(**overrides) if overrides else settings
+        self.registry = registry or default_registry
+        self.address = self.settings.advertise or self.settings.listen
+        self.cluster: Cluster | None = None
+        self.operations = OperationLog()
+        self.started_at = time.monotonic()
+        self.stopped = False
+        self._stopping = False
+        self._activation_hook = activation_hook
+        self._peers: dict[str, PeerClient] = {}
+        self._server: grpc.Server | None = None
+        self._etcd: EtcdClient | None = None
+        self._embedded_etcd: Any = None
+        self._background = Group()
+        self._calls = Group()
+        self._detached = Group()
+        self.host = ObjectHost(self.registry, accepts=self._accepts,
+                               on_activation=self._on_activation,
+                               default_timeout=self.settings.call_timeout)
+
+    def __repr__(self) -> str:
+        return repr(self.cluster) if self.cluster is not None else "Node<%s>" % self.address
+
+    # ---- lifecycle -------------------------------------------------------
+
+    def start(self, *, wait_ready: bool = True, timeout: float = 60.0) -> Node:
+        """Serve gRPC, join the cluster and (by default) wait until it is ready."""
+        global _current_node
+        runtime.require_patched()
+        runtime.init_grpc()
+        self._start_server()
+        self._etcd = self._connect_etcd()
+        self.cluster = Cluster(
+            self._etcd, address=self.address, prefix=self.settings.etcd_prefix,
+            num_shards=self.settings.num_shards, lease_ttl=self.settings.lease_ttl,
+            stability_window=self.settings.stability_window, group=self._background,
+            on_release=self._evict_shards, on_lost=self._lease_lost)
+        self.cluster.start()
+        _current_node = self
+        if wait_ready and not self.cluster.wait_ready(timeout):
+            raise CallTimeout("%r not ready after %.3gs: %s" % (
+                self, timeout, self.cluster.ready_reason()))
+        return self
+
+    def _start_server(self) -> None:
+        executor = futures.ThreadPoolExecutor(max_workers=self.settings.server_workers)
+        server = grpc.server(executor, options=channel_options(
+            self.settings.max_message_bytes))
+        pb_grpc.add_GoverseServicer_to_server(NodeServicer(self), server)
+        port = server.add_insecure_port(self.settings.listen)
+        if port == 0:
+            raise GoverseError("cannot listen on %s (address in use?)" % (self.settings.listen,))
+        host = self.settings.listen.rpartition(":")[0]
+        if not self.settings.advertise:
+            self.address = "%s:%d" % (host, port)
+        server.start()
+        self._server = server
+        if host in ("127.0.0.1", "localhost", "[::1]"):
+            log.info("node %s serving gRPC on loopback only (%s); set listen to expose it",
+                     self.address, self.settings.listen)
+        else:
+            log.info("node %s serving gRPC on %s", self.address, self.settings.listen)
+
+    def _connect_etcd(self) -> EtcdClient:
+        endpoints = list(self.settings.etcd_endpoints)
+        if not endpoints:
+            endpoints = [self._start_embedded_etcd()]
+        s = self.settings
+        return EtcdClient(endpoints, timeout=s.etcd_timeout, user=s.etcd_user or None,
+                          password=s.etcd_password or None, ca_cert=s.etcd_ca_cert or None,
+                          cert_key=s.etcd_key or None, cert_chain=s.etcd_cert or None)
+
+    def _start_embedded_etcd(self) -> str:
+        from .etcd_server import EtcdServer
+
+        server = EtcdServer(client_port=self.settings.embedded_etcd_port,
+                            data_dir=self.settings.embedded_etcd_data_dir or None)
+        server.start()
+        self._embedded_etcd = server
+        log.info("no etcd endpoint configured: started embedded etcd at %s (data in %s)",
+                 server.endpoint, server.data_dir)
+        return server.endpoint
+
+    def stop(self, grace: float | None = None) -> None:
+        """Leave gracefully: hand shards over, drain, cancel, unregister. Idempotent."""
+        if self._stopping:
+            return
+        self._stopping = True
+        grace = self.settings.shutdown_grace if grace is None else grace
+        deadline = time.monotonic() + grace
+        log.info("%r stopping (grace %.3gs)", self, grace)
+
+        if self.cluster is not None:
+            self.cluster.hand_over(deadline)
+        self._calls.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._cancel_detached()
+        if self.cluster is not None:
+            self.cluster.stop()
+        self._calls.kill(block=True, timeout=2)
+        self._close_transport()
+        self._background.kill(block=True, timeout=2)
+        if self._etcd is not None:
+            self._etcd.close()
+        if self._embedded_etcd is not None:
+            self._embedded_etcd.stop()
+        self.stopped = True
+        log.info("node %s stopped", self.address)
+
+    def _cancel_detached(self) -> None:
+        pending = len(self._detached)
+        if pending:
+            log.warning("%r cancelling %d pending operations", self, pending)
+        self._detached.kill(block=True, timeout=5)
+
+    def _close_transport(self) -> None:
+        for peer in list(self._peers.values()):
+            peer.close()
+        self._peers.clear()
+        if self._server is not None:
+            self._server.stop(grace=1).wait(2)
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_at
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self.cluster is not None and self.cluster.wait_ready(timeout)
+
+    # ---- greenlets -------------------------------------------------------
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> gevent.Greenlet:
+        """A background greenlet owned by the node, in a copy of this context."""
+        return context.spawn_in_copy(self._background, fn, *args)
+
+    def spawn_detached(self, fn: Callable[..., Any], *args: Any) -> gevent.Greenlet:
+        """A call-serving greenlet owned by the node, in a copy of this context."""
+        return context.spawn_in_copy(self._calls, fn, *args)
+
+    # ---- calls -----------------------------------------------------------
+
+    def call_object(self, type_name: str, object_id: str, method: str, request: Any,
+                    *, timeout: float | None = None) -> Any:
+        """Call ``method`` on the object, wherever it lives (created on first call)."""
+        self._check_running()
+        validate_id(object_id)
+        place = placement(object_id, self.settings.num_shards)
+        with self._call_scope(timeout) as deadline:
+            return self._route(place, object_id, deadline, "call to %s(%s).%s" % (
+                type_name, object_id, method),
+                local=lambda epoch: self._call_here(type_name, object_id, method,
+                                                    request, place, epoch),
+                remote=lambda peer, epoch, left: self._call_remote(
+                    peer, type_name, object_id, method, request, epoch, left))
+
+    def _call_here(self, type_name: str, object_id: str, method: str, request: Any,
+                   place: Placement, epoch: int) -> Any:
+        self._check_owner(place, object_id, epoch)
+        return self.host.call(type_name, object_id, method, request, place.shard)
+
+    def _call_remote(self, peer: PeerClient, type_name: str, object_id: str, method: str,
+                     request: Any, epoch: int, left: float) -> Any:
+        response = self._peer_request(peer, pb.PEER_OP_CALL, left, epoch=epoch,
+                                      type=type_name, id=object_id, method=method,
+                                      request=pack(request))
+        return self._decode_response(type_name, method, response.response)
+
+    def _decode_response(self, type_name: str, method: str, packed: Any) -> Any:
+        cls = self.registry.find(type_name)
+        if cls is None or method not in cls._goverse_methods:
+            return packed
+        spec, _ = lookup_method(cls, method)
+        message = spec.response_type()
+        if not packed.Unpack(message):
+            return packed
+        return message
+
+    def _route(self, place: Placement, object_id: str, deadline: float, what: str,
+               *, local: Callable[[int], Any],
+               remote: Callable[[PeerClient, int, float], Any]) -> Any:
+        """Send a request to the object's owner, following moves until the deadline."""
+        while True:
+            owner, epoch = self._owner_of(place, object_id)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CallTimeout("%s timed out after its deadline (owner: %s)" % (
+                    what, owner or "none known"))
+            try:
+                if owner is None:
+                    self._wait_for_route(left)
+                elif owner == self.address:
+                    return local(epoch)
+                else:
+                    return remote(self._peer(owner), epoch, left)
+            except NotOwner as exc:
+                log.debug("%s: %s; waiting for a new route", what, exc)
+                self._wait_for_route(deadline - time.monotonic())
+
+    def _owner_of(self, place: Placement, object_id: str) -> tuple[str | None, int]:
+        if place.node is not None:
+            if place.node == self.address or self.cluster.is_member(place.node):
+                return place.node, 0
+            raise NoRoute("object %r is pinned to node %s, which is not in the cluster" % (
+                object_id, place.node))
+        return self.cluster.route(place.shard)
+
+    def _wait_for_route(self, left: float) -> None:
+        if left > 0:
+            self.cluster.wait_changed(min(left, _ROUTE_POLL))
+
+    def _peer(self, address: str) -> PeerClient:
+        peer = self._peers.get(address)
+        if peer is None:
+            s = self.settings
+            peer = PeerClient(address, group=self._background, batch_size=s.peer_batch_size,
+                              max_inflight=s.peer_max_inflight,
+                              max_message_bytes=s.max_message_bytes)
+            self._peers[address] = peer
+        return peer
+
+    def _peer_request(self, peer: PeerClient, op: int, left: float, **fields: Any) -> Any:
+        request = pb.PeerRequest(
+            op=op, timeout=left, context=context.encode_values(),
+            chain=context.call_chain() or "", caller=context.current_object() or "",
+            client_id=str(context.context.get("client_id", "")), **fields)
+        return response_or_raise(peer.request(request, left))
+
+    @contextmanager
+    def _call_scope(self, timeout: float | None) -> Iterator[float]:
+        """Give the call a chain and a deadline for its duration, then restore."""
+        now = time.monotonic()
+        inherited = context.deadline()
+        deadline = now + (timeout if timeout is not None else self.settings.call_timeout)
+        if inherited is not None and inherited < deadline:
+            deadline = inherited
+        chain_token = None
+        if context.call_chain() is None:
+            chain_token = context._chain.set(uuid.uuid4().hex[:16])
+        deadline_token = context._deadline.set(deadline)
+        try:
+            yield deadline
+        finally:
+            context._deadline.reset(deadline_token)
+            if chain_token is not None:
+                context._chain.reset(chain_token)
+
+    # ---- serving requests for owned objects ------------------------------
+
+    def _check_owner(self, place: Placement, object_id: str, epoch: int) -> None:
+        if self._stopping and self.cluster is None:
+            raise NodeStopped("%s is stopping" % (self.address,))
+        if place.node is not None:
+            if place.node != self.address:
+                raise NotOwner("object %r is pinned to %s, not this node (%s)" % (
+                    object_id, place.node, self.address))
+            return
+        cluster = self.cluster
+        owned_epoch = cluster.owned.get(place.shard)
+        if owned_epoch is None or not cluster.serving():
+            owner, known = cluster.route(place.shard)
+            raise ShardMoved("shard %d of %r is not owned by %s; owner known here: %s "
+                             "(epoch %d)" % (place.shard, object_id, self.address,
+                                             owner or "none", known))
+        if epoch and epoch != owned_epoch:
+            raise ShardMoved("shard %d of %r is owned by %s at epoch %d, not %d" % (
+                place.shard, object_id, self.address, owned_epoch, epoch))
+
+    def call_owned(self, type_name: str, object_id: str, method: str, request: Any,
+                   *, epoch: int) -> Any:
+        validate_id(object_id)
+        place = placement(object_id, self.settings.num_shards)
+        self._check_owner(place, object_id, epoch)
+        return self.host.call(type_name, object_id, method, request, place.shard)
+
+    def create_owned(self, type_name: str, object_id: str, *, epoch: int) -> str:
+        validate_id(object_id)
+        place = placement(object_id, self.settings.num_shards)
+        self._check_owner(place, object_id, epoch)
+        self.host.create(type_name, object_id, place.shard)
+        return object_id
+
+    def delete_owned(self, object_id: str, type_name: str = "", *, epoch: int) -> bool:
+        validate_id(object_id)
+        place = placement(object_id, self.settings.num_shards)
+        self._check_owner(place, object_id, epoch)
+        return self.host.delete(object_id, type_name)
+
+    def handle_peer_request(self, request: pb.PeerRequest) -> pb.PeerResponse:
+        """Serve one request from another node; errors become the answer."""
+        context.enter(context.decode_values(request.context), chain=request.chain,
+                      timeout=request.timeout, caller=request.caller or None)
+        if request.client_id:
+            context.context["client_id"] = request.client_id
+        answer = pb.PeerResponse(tag=request.tag, id=request.id)
+        try:
+            self._serve_peer_op(request, answer)
+        except GoverseError as exc:
+            answer.error_kind = type(exc).__name__
+            answer.error_message = str(exc)
+        except Exception as exc:
+            log.exception("%r failed serving %s for %s", self,
+                          pb.PeerOp.Name(request.op), request.id)
+            answer.error_kind = error_kind(exc)
+            answer.error_message = "%s: %s" % (type(exc).__name__, exc)
+        return answer
+
+    def _serve_peer_op(self, request: pb.PeerRequest, answer: pb.PeerResponse) -> None:
+        if self._stopping and self.cluster is not None and not self.cluster.owned:
+            raise NodeStopped("%s is stopping" % (self.address,))
+        if request.op == pb.PEER_OP_CALL:
+            response = self.call_owned(request.type, request.id, request.method,
+                                       request.request, epoch=request.epoch)
+            answer.response.CopyFrom(pack(response))
+        elif request.op == pb.PEER_OP_CREATE:
+            self.create_owned(request.type, request.id, epoch=request.epoch)
+        elif request.op == pb.PEER_OP_DELETE:
+            self.delete_owned(request.id, request.type, epoch=request.epoch)
+        else:
+            raise GoverseError("unknown peer operation %d" % (request.op,))
+
+    # ---- create and delete -----------------------------------------------
+
+    def create_object(self, type_name: str, object_id: str | None = None, *,
+                      wait: bool = False, timeout: float | None = None) -> str:
+        """Create an object and return its id at once (``wait=True``: when done)."""
+        op = self._start_operation("CreateObject", object_id or new_object_id(type_name),
+                                   self._create_anywhere, type_name, wait=wait,
+                                   timeout=timeout)
+        if wait:
+            op.wait(0)
+        return op.object_id
+
+    def create_object_async(self, type_name: str, object_id: str | None = None, *,
+                            timeout: float | None = None) -> Operation:
+        """Create an object; the returned handle follows the operation."""
+        return self._start_operation("CreateObject", object_id or new_object_id(type_name),
+                                     self._create_anywhere, type_name, timeout=timeout)
+
+    def delete_object(self, object_id: str, *, wait: bool = False,
+                      timeout: float | None = None, type_name: str = "") -> None:
+        """Delete an object (a missing one is fine); returns at once unless ``wait``."""
+        op = self._start_operation("DeleteObject", object_id, self._delete_anywhere,
+                                   type_name, wait=wait, timeout=timeout)
+        if wait:
+            op.wait(0)
+
+    def delete_object_async(self, object_id: str, *, timeout: float | None = None,
+                            type_name: str = "") -> Operation:
+        return self._start_operation("DeleteObject", object_id, self._delete_anywhere,
+                                     type_name, timeout=timeout)
+
+    def operation_status(self, op_id: str) -> dict[str, Any] | None:
+        op = self.operations.get(op_id)
+        return op.as_dict() if op is not None else None
+
+    def get_operation(self, op_id: str) -> Operation | None:
+        return self.operations.get(op_id)
+
+    def _start_operation(self, kind: str, object_id: str, work: Callable[..., Any],
+                         type_name: str, *, wait: bool = False,
+                         timeout: float | None = None) -> Operation:
+        self._check_running()
+        validate_id(object_id)
+        place = placement(object_id, self.settings.num_shards)
+        self._owner_of(place, object_id)  # an unknown pinned node fails here, at once
+        op = Operation(kind, object_id, spawn=self.spawn_detached)
+        self.operations.add(op)
+        if wait:
+            self._run_operation(op, work, type_name, place, timeout)
+            return op
+        log.info("%r: %s %s initiated asynchronously", self, kind, object_id)
+        # A detached operation keeps the caller's values and deadline but
+        # starts its own call chain: it runs beside the caller, not inside
+        # its turn, so it must queue for any object the caller holds.
+        context.spawn_in_copy(self._detached, self._run_detached, op, work, type_name,
+                              place, timeout)
+        return op
+
+    def _run_detached(self, op: Operation, work: Callable[..., Any], type_name: str,
+                      place: Placement, timeout: float | None) -> None:
+        context._chain.set(None)
+        try:
+            self._run_operation(op, work, type_name, place, timeout)
+        except gevent.GreenletExit:
+            error = OperationCancelled("%s %s cancelled: node %s stopped" % (
+                op.kind, op.object_id, self.address))
+            log.error("%r: Async %s %s failed: %s", self, op.kind, op.object_id, error)
+            op.fail(error)
+
+    def _run_operation(self, op: Operation, work: Callable[..., Any], type_name: str,
+                       place: Placement, timeout: float | None) -> None:
+        try:
+            with self._call_scope(timeout) as deadline:
+                work(type_name, op.object_id, place, deadline)
+        except GoverseError as exc:
+            log.error("%r: Async %s %s failed: %s", self, op.kind, op.object_id, exc)
+            op.fail(exc)
+            return
+        except Exception as exc:
+            log.exception("%r: Async %s %s failed", self, op.kind, op.object_id)
+            op.fail(ObjectMethodError("%s: %s" % (type(exc).__name__, exc)))
+            return
+        log.info("%r: Async %s %s completed successfully", self, op.kind, op.object_id)
+        op.succeed(op.object_id)
+
+    def _create_anywhere(self, type_name: str, object_id: str, place: Placement,
+                         deadline: float) -> None:
+        def here(epoch: int) -> None:
+            self._check_owner(place, object_id, epoch)
+            self.host.create(type_name, object_id, place.shard)
+
+        self._route(place, object_id, deadline, "create of %s(%s)" % (type_name, object_id),
+                    local=here,
+                    remote=lambda peer, epoch, left: self._peer_request(
+                        peer, pb.PEER_OP_CREATE, left, epoch=epoch, type=type_name,
+                        id=object_id))
+
+    def _delete_anywhere(self, type_name: str, object_id: str, place: Placement,
+                         deadline: float) -> None:
+        def here(epoch: int) -> None:
+            self._check_owner(place, object_id, epoch)
+            self.host.delete(object_id, type_name)
+
+        self._route(place, object_id, deadline, "delete of %s" % (object_id,),
+                    local=here,
+                    remote=lambda peer, epoch, left: self._peer_request(
+                        peer, pb.PEER_OP_DELETE, left, epoch=epoch, type=type_name,
+                        id=object_id))
+
+    # ---- cluster callbacks -----------------------------------------------
+
+    def _accepts(self, shard: int | None) -> bool:
+        if shard is None:
+            return not self._stopping or self.cluster is not None
+        return self.cluster is not None and self.cluster.accepts(shard)
+
+    def _evict_shards(self, shards: set[int], deadline: float) -> None:
+        ids = self.host.ids_in_shards(shards)
+        if ids:
+            count = self.host.evict(ids, deadline)
+            log.info("%r evicted %d objects of %d moving shards", self, count, len(shards))
+
+    def _lease_lost(self, reason: str) -> None:
+        log.error("%r lost its lease (%s); its objects were deactivated", self, reason)
+
+    def _on_activation(self, obj: BaseObject, event: str) -> None:
+        if self._activation_hook is not None:
+            self._activation_hook(obj, event)
+
+    def _check_running(self) -> None:
+        if self._stopping or self.cluster is None:
+            raise NodeStopped("node %s is %s" % (
+                self.address, "stopping" if self._stopping else "not started"))
+
+    # ---- introspection ---------------------------------------------------
+
+    def peer_queue_depths(self) -> dict[str, int]:
+        return {address: peer.queue_depth for address, peer in self._peers.items()}
+
+    def status(self) -> dict[str, Any]:
+        view = self.cluster.view() if self.cluster is not None else {}
+        return {"address": self.address, "uptime_seconds": round(self.uptime(), 3),
+                "objects": len(self.host), "calls_served": self.host.calls_served,
+                "pending_operations": len(self._detached),
+                "peers": self.peer_queue_depths(), "cluster": view}
+
+
+def new_object_id(type_name: str) -> str:
+    """A fresh id ``<Type>-<unique>``."""
+    return "%s-%s" % (type_name, uuid.uuid4().hex)

@@ -1,0 +1,300 @@
+"""The gRPC side of a node: its server, and streams to other nodes.
+
+Between nodes, object calls, creates and deletes travel over one
+long-lived bidirectional ``PeerStream`` per pair of nodes. Each frame
+carries a batch of tagged requests (or responses): under gevent a gRPC
+message costs about a millisecond of CPU whatever its size, so batching is
+what makes cross-node calls fast. Requests are handled in greenlets owned
+by the node, never inside grpc's server thread pool, so nested calls
+(A to B to A) cannot exhaust it.
+
+The plain unary RPCs of the published node protocol stay for tools; they
+serve only objects this node owns and refuse the rest naming the owner.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Iterator
+
+import gevent
+import grpc
+from gevent.event import AsyncResult
+from gevent.queue import Empty as QueueEmpty
+from gevent.queue import Queue
+from google.protobuf import any_pb2
+
+from . import callctx as context
+from ._pb import goverse_pb2 as pb
+from ._pb import goverse_pb2_grpc as pb_grpc
+from .errors import (
+    ERROR_KIND_METADATA,
+    CallTimeout,
+    GoverseError,
+    MessageTooLarge,
+    NodeStopped,
+    PeerOverloaded,
+    PeerUnavailable,
+    error_from_kind,
+    error_kind,
+)
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 10000),
+        ("grpc.keepalive_timeout_ms", 5000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def pack(message: Any) -> any_pb2.Any:
+    if isinstance(message, any_pb2.Any):
+        return message
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+# ---- the server ------------------------------------------------------------
+
+
+class NodeServicer(pb_grpc.GoverseServicer):
+    """The ``goverse.Goverse`` service; each method delegates to the node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def Status(self, request: pb.Empty, ctx: grpc.ServicerContext) -> pb.StatusResponse:
+        return pb.StatusResponse(
+            advertise_addr=self.node.address,
+            num_objects=len(self.node.host),
+            uptime_seconds=int(self.node.uptime()))
+
+    def ListObjects(self, request: pb.Empty, ctx: grpc.ServicerContext):
+        infos = [pb.ObjectInfo(type=o._gv_type, id=o._gv_id, creation_time=int(o._gv_created))
+                 for o in list(self.node.host.objects.values())]
+        return pb.ListObjectsResponse(objects=infos)
+
+    def CallObject(self, request: pb.CallObjectRequest, ctx: grpc.ServicerContext):
+        def run() -> pb.CallObjectResponse:
+            response = self.node.call_owned(request.type, request.id, request.method,
+                                            request.request, epoch=0)
+            return pb.CallObjectResponse(response=pack(response))
+        return _unary(ctx, run, client_id=request.client_id)
+
+    def CreateObject(self, request: pb.CreateObjectRequest, ctx: grpc.ServicerContext):
+        def run() -> pb.CreateObjectResponse:
+            self.node.create_owned(request.type, request.id, epoch=0)
+            return pb.CreateObjectResponse(id=request.id)
+        return _unary(ctx, run)
+
+    def DeleteObject(self, request: pb.DeleteObjectRequest, ctx: grpc.ServicerContext):
+        def run() -> pb.DeleteObjectResponse:
+            self.node.delete_owned(request.id, request.type, epoch=0)
+            return pb.DeleteObjectResponse()
+        return _unary(ctx, run)
+
+    def PeerStream(self, request_iterator: Iterator[pb.PeerBatch],
+                   ctx: grpc.ServicerContext) -> Iterator[pb.PeerResponseBatch]:
+        answers: Queue = Queue()
+        reader = self.node.spawn(self._read_requests, request_iterator, answers)
+        try:
+            yield from _batches(answers, self.node.settings.peer_batch_size,
+                                pb.PeerResponseBatch, "responses")
+        finally:
+            reader.kill(block=False)
+
+    def _read_requests(self, request_iterator: Iterator[pb.PeerBatch], answers: Queue) -> None:
+        try:
+            for batch in request_iterator:
+                for request in batch.requests:
+                    self.node.spawn_detached(self._answer, request, answers)
+        except grpc.RpcError as exc:
+            log.debug("peer stream to %s ended: %s", self.node.address, exc)
+        finally:
+            answers.put(_END)
+
+    def _answer(self, request: pb.PeerRequest, answers: Queue) -> None:
+        answers.put(self.node.handle_peer_request(request))
+
+
+def _unary(ctx: grpc.ServicerContext, run: Any, client_id: str = "") -> Any:
+    """Run a unary handler inside the caller's context; map errors to statuses."""
+    metadata = dict(ctx.invocation_metadata() or ())
+    timeout = ctx.time_remaining()
+    context.enter(
+        context.decode_values(metadata.get(context.METADATA_VALUES, "")),
+        chain=metadata.get(context.METADATA_CHAIN) or None,
+        timeout=timeout if timeout is not None and timeout < 1e6 else None,
+        caller=metadata.get(context.METADATA_CALLER) or None)
+    if client_id:
+        context.context["client_id"] = client_id
+    try:
+        return run()
+    except GoverseError as exc:
+        ctx.set_trailing_metadata(((ERROR_KIND_METADATA, type(exc).__name__),))
+        ctx.abort(exc.grpc_code, str(exc))
+    except Exception as exc:
+        log.exception("unary handler failed")
+        ctx.set_trailing_metadata(((ERROR_KIND_METADATA, error_kind(exc)),))
+        ctx.abort(grpc.StatusCode.INTERNAL, "%s: %s" % (type(exc).__name__, exc))
+
+
+def _batches(queue: Queue, limit: int, batch_type: Any, field: str) -> Iterator[Any]:
+    """Drain ``queue`` into frames of up to ``limit`` items until ``_END``."""
+    while True:
+        item = queue.get()
+        if item is _END:
+            return
+        items = [item]
+        ended = False
+        while len(items) < limit:
+            try:
+                item = queue.get_nowait()
+            except QueueEmpty:
+                break
+            if item is _END:
+                ended = True
+                break
+            items.append(item)
+        yield batch_type(**{field: items})
+        if ended:
+            return
+
+
+# ---- the client side: one stream to each peer ------------------------------
+
+
+class PeerClient:
+    """Requests to one other node over a single batched stream.
+
+    At most ``max_inflight`` requests wait for answers at once; past that a
+    request fails at once with :class:`PeerOverloaded`. When the stream
+    breaks, every request in flight fails at once with
+    :class:`PeerUnavailable` and the next request opens a new stream.
+    """
+
+    def __init__(self, address: str, *, group: Any, batch_size: int, max_inflight: int,
+                 max_message_bytes: int, credentials: Any = None) -> None:
+        self.address = address
+        self._group = group
+        self._batch_size = batch_size
+        self._max_inflight = max_inflight
+        self._max_message_bytes = max_message_bytes
+        options = channel_options(max_message_bytes)
+        if credentials is not None:
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
+        self._stub = pb_grpc.GoverseStub(self._channel)
+        self._tags = itertools.count(1)
+        self._pending: dict[int, AsyncResult] = {}
+        self._outbox: Queue | None = None
+        self._receiver: gevent.Greenlet | None = None
+        self._closed = False
+        self.statistics = {"sent": 0, "failed": 0, "streams": 0}
+
+    def __repr__(self) -> str:
+        return "<PeerClient %s inflight=%d>" % (self.address, len(self._pending))
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    def request(self, request: pb.PeerRequest, timeout: float) -> pb.PeerResponse:
+        """Send ``request`` and wait up to ``timeout`` seconds for its answer."""
+        if self._closed:
+            raise NodeStopped("connection to %s is closed" % (self.address,))
+        if len(self._pending) >= self._max_inflight:
+            raise PeerOverloaded("%d requests already in flight to %s" % (
+                len(self._pending), self.address))
+        if request.ByteSize() > self._max_message_bytes:
+            raise MessageTooLarge("request to %s is %d bytes; the limit is %d" % (
+                self.address, request.ByteSize(), self._max_message_bytes))
+        outbox = self._ensure_stream()
+        tag = next(self._tags)
+        request.tag = tag
+        result = AsyncResult()
+        self._pending[tag] = result
+        try:
+            outbox.put(request)
+            self.statistics["sent"] += 1
+            return result.get(timeout=max(timeout, 0.0))
+        except gevent.Timeout:
+            raise CallTimeout("no answer from %s for %s %s.%s within %.3gs" % (
+                self.address, pb.PeerOp.Name(request.op), request.id, request.method,
+                timeout)) from None
+        finally:
+            self._pending.pop(tag, None)
+
+    def _ensure_stream(self) -> Queue:
+        if self._outbox is not None:
+            return self._outbox
+        outbox: Queue = Queue()
+        responses = self._stub.PeerStream(
+            _batches(outbox, self._batch_size, pb.PeerBatch, "requests"))
+        self._outbox = outbox
+        self.statistics["streams"] += 1
+        self._receiver = self._group.spawn(self._receive, responses, outbox)
+        return outbox
+
+    def _receive(self, responses: Any, outbox: Queue) -> None:
+        error: Exception | None = None
+        try:
+            for batch in responses:
+                for response in batch.responses:
+                    waiter = self._pending.get(response.tag)
+                    if waiter is not None:
+                        waiter.set(response)
+        except grpc.RpcError as exc:
+            error = exc
+        finally:
+            self._stream_ended(outbox, error)
+
+    def _stream_ended(self, outbox: Queue, error: Exception | None) -> None:
+        if self._outbox is outbox:
+            self._outbox = None
+        outbox.put(_END)
+        reason = error.details() if isinstance(error, grpc.RpcError) else "stream closed"
+        failure = PeerUnavailable("connection to %s failed: %s" % (self.address, reason))
+        pending, self._pending = self._pending, {}
+        for waiter in pending.values():
+            waiter.set_exception(failure)
+        self.statistics["failed"] += len(pending)
+        if pending or error is not None:
+            log.warning("stream to %s ended (%s); %d requests failed",
+                        self.address, reason, len(pending))
+
+    def close(self) -> None:
+        self._closed = True
+        if self._outbox is not None:
+            self._outbox.put(_END)
+        self._channel.close()
+        if self._receiver is not None:
+            self._receiver.join(timeout=2)
+
+
+def response_or_raise(response: pb.PeerResponse) -> pb.PeerResponse:
+    if response.error_kind:
+        raise error_from_kind(response.error_kind, response.error_message)
+    return response
+
+
+def remaining_or_raise(deadline: float, what: str) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise CallTimeout("%s: deadline expired" % (what,))
+    return left
