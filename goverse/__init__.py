@@ -6,78 +6,50 @@ id from anywhere in the cluster. See README.md for a tour.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from .callctx import context
-from .errors import (
-    CallTimeout,
-    ConfigError,
-    GoverseError,
-    InvalidObjectId,
-    MessageTooLarge,
-    NodeStopped,
-    NoRoute,
-    NotOwner,
-    NotPatched,
-    ObjectCreationFailed,
-    ObjectMethodError,
-    ObjectNotFound,
-    ObjectTypeMismatch,
-    OperationCancelled,
-    PeerOverloaded,
-    PeerUnavailable,
-    RemoteError,
-    ShardMoved,
-    UnknownMethod,
-    UnknownObjectType,
-    WrongMessageType,
+# Names are loaded on first use (PEP 562), so that ``from goverse import
+# runtime; runtime.patch()`` can run before grpc or gevent's pools are
+# imported: patching must come first in a process.
+_EXPORTS = {
+    "context": "callctx",
+    "Settings": "config",
+    "Node": "node",
+    "current_node": "node",
+    "BaseObject": "objects",
+    "method": "objects",
+    "register": "objects",
+    "registry": "objects",
+    "Operation": "operations",
+    "OperationStatus": "operations",
+    "call_object": "api",
+    "create_object": "api",
+    "create_object_async": "api",
+    "delete_object": "api",
+    "delete_object_async": "api",
+    "operation_status": "api",
+}
+_ERRORS = (
+    "CallTimeout", "ConfigError", "GoverseError", "InvalidObjectId", "MessageTooLarge",
+    "NodeStopped", "NoRoute", "NotOwner", "NotPatched", "ObjectCreationFailed",
+    "ObjectMethodError", "ObjectNotFound", "ObjectTypeMismatch", "OperationCancelled",
+    "PeerOverloaded", "PeerUnavailable", "RemoteError", "ShardMoved", "UnknownMethod",
+    "UnknownObjectType", "WrongMessageType",
 )
-from .config import Settings
-from .node import Node, current_node
-from .objects import BaseObject, method, register, registry
-from .operations import Operation, OperationStatus
+_EXPORTS.update({name: "errors" for name in _ERRORS})
 
-__all__ = [
-    "BaseObject", "CallTimeout", "ConfigError", "GoverseError", "InvalidObjectId",
-    "MessageTooLarge", "Node", "NodeStopped", "NoRoute", "NotOwner", "NotPatched",
-    "ObjectCreationFailed", "ObjectMethodError", "ObjectNotFound", "ObjectTypeMismatch",
-    "Operation", "OperationCancelled", "OperationStatus", "PeerOverloaded",
-    "PeerUnavailable", "RemoteError", "Settings", "ShardMoved", "UnknownMethod",
-    "UnknownObjectType", "WrongMessageType", "call_object", "context", "create_object",
-    "create_object_async", "current_node", "delete_object", "delete_object_async",
-    "method", "operation_status", "register", "registry",
-]
+__all__ = sorted(_EXPORTS)
 
 
-def call_object(type_name: str, object_id: str, method_name: str, request: Any,
-                *, timeout: float | None = None) -> Any:
-    """Call a method of an object on whatever node owns it."""
-    return current_node().call_object(type_name, object_id, method_name, request,
-                                      timeout=timeout)
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError("module 'goverse' has no attribute %r" % (name,))
+    value = getattr(importlib.import_module("." + module, __name__), name)
+    globals()[name] = value
+    return value
 
 
-def create_object(type_name: str, object_id: str | None = None, *, wait: bool = False,
-                  timeout: float | None = None) -> str:
-    """Create an object; returns its id at once (``wait=True``: once created)."""
-    return current_node().create_object(type_name, object_id, wait=wait, timeout=timeout)
-
-
-def create_object_async(type_name: str, object_id: str | None = None, *,
-                        timeout: float | None = None) -> Operation:
-    """Create an object and return the handle of the operation."""
-    return current_node().create_object_async(type_name, object_id, timeout=timeout)
-
-
-def delete_object(object_id: str, *, wait: bool = False, timeout: float | None = None) -> None:
-    """Delete an object (a missing one is a success); returns at once unless ``wait``."""
-    current_node().delete_object(object_id, wait=wait, timeout=timeout)
-
-
-def delete_object_async(object_id: str, *, timeout: float | None = None) -> Operation:
-    """Delete an object and return the handle of the operation."""
-    return current_node().delete_object_async(object_id, timeout=timeout)
-
-
-def operation_status(op_id: str) -> dict[str, Any] | None:
-    """Status of an operation this process's node started, or None if unknown."""
-    return current_node().operation_status(op_id)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -347,6 +347,16 @@ class Cluster:
                 stable_for, self.stability_window)
         return None
 
+    def is_settled(self) -> bool:
+        """Ready, balanced, and every shard served by its target (no move pending)."""
+        if not self.is_ready():
+            return False
+        nodes = sorted(self.state.nodes)
+        targets = [v.target for v in self.state.shards]
+        if assignment.spread(targets, nodes) > 1:
+            return False
+        return all(v.owner == v.target for v in self.state.shards)
+
     def is_ready(self) -> bool:
         return self.ready_reason() is None
 
@@ -379,6 +389,7 @@ class Cluster:
             "owned_here": len(self.owned),
             "ready": self.is_ready(),
             "ready_reason": self.ready_reason(),
+            "settled": self.is_settled(),
             "revision": self.state.revision,
             "statistics": dict(self.statistics),
         }

@@ -7,8 +7,6 @@ gunicorn worker). Library code only *checks* that it happened, through
 
 from __future__ import annotations
 
-from .errors import NotPatched
-
 #: Threads grpc may hold at once under gevent. Every blocking gRPC operation
 #: in flight (a unary call waiting, an open stream, an etcd watch) holds one
 #: native thread of the hub's threadpool; the default of 10 deadlocks a node.
@@ -66,6 +64,8 @@ def is_patched() -> bool:
 def require_patched() -> None:
     """Raise :class:`NotPatched` unless gevent patched this process."""
     if not is_patched():
+        from .errors import NotPatched
+
         raise NotPatched(
             "goverse runs on gevent: call goverse.runtime.patch() (or "
             "gevent.monkey.patch_all() and then goverse.runtime.init_grpc()) "

@@ -44,3 +44,62 @@ def etcd_endpoint(etcd_server):
 def etcd_prefix():
     """A key prefix no other test uses, so tests can share one etcd."""
     return "/goverse-test/%s/" % uuid.uuid4().hex
+
+
+# -- nodes ------------------------------------------------------------------
+
+import goverse  # noqa: E402
+from goverse.testing import NodeProcess  # noqa: E402
+
+#: Fast timings for tests: a shorter membership window than production.
+FAST = {"stability_window": 0.2, "lease_ttl": 3, "call_timeout": 10.0}
+
+
+@pytest.fixture
+def cluster_prefix():
+    """An etcd prefix for one test's cluster (settings reject a trailing "/")."""
+    return "/goverse-test/%s" % uuid.uuid4().hex
+
+
+@pytest.fixture
+def make_node(etcd_endpoint, cluster_prefix):
+    """Start in-process nodes sharing this test's cluster; stopped at teardown."""
+    from tests import sample_objects  # noqa: F401  (registers the test types)
+
+    nodes = []
+
+    def start(wait_ready=True, **overrides):
+        settings = dict(FAST, etcd_endpoints=[etcd_endpoint], etcd_prefix=cluster_prefix,
+                        listen="127.0.0.1:0")
+        settings.update(overrides)
+        node = goverse.Node(goverse.Settings.from_mapping(settings))
+        nodes.append(node)
+        return node.start(wait_ready=wait_ready)
+
+    yield start
+    for node in reversed(nodes):
+        node.stop(grace=2)
+
+
+@pytest.fixture
+def node_processes(etcd_endpoint, cluster_prefix, tmp_path):
+    """Start ``bin/goverse-node`` child processes in this test's cluster."""
+    procs = []
+
+    def start(count=1, **kwargs):
+        started = []
+        for _ in range(count):
+            extra = ["--stability-window", "0.2", "--shutdown-grace", "5"]
+            proc = NodeProcess(etcd_endpoint, prefix=cluster_prefix,
+                               objects=["tests.sample_objects"],
+                               extra_args=extra + list(kwargs.get("extra_args", ())),
+                               log_path=str(tmp_path / ("node-%d.log" % len(procs))))
+            procs.append(proc)
+            started.append(proc.start(wait=False))
+        for proc in started:
+            proc.wait_serving()
+        return started
+
+    yield start
+    for proc in procs:
+        proc.close()

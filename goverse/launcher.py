@@ -1,0 +1,82 @@
+"""The ``goverse-node`` command: run one node until told to stop.
+
+Order matters. gevent patches the process before anything else is
+imported (a socket or lock created earlier would block the whole hub),
+then settings are read from the registry (YAML file, ``GOVERSE_*``
+environment, flags), the object modules are imported so their classes
+register, and the node starts. SIGTERM and SIGINT only set an event; the
+main greenlet does the graceful stop.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import runtime
+
+    runtime.patch()
+    return _run(sys.argv[1:] if argv is None else argv)
+
+
+def _run(argv: list[str]) -> int:
+    import importlib
+    import logging
+    import os
+    import signal
+
+    import gevent
+    from gevent.event import Event
+
+    from .config import Settings
+    from .errors import GoverseError
+    from .node import Node
+
+    settings = Settings.load(argv)
+    _configure_logging(settings.log_level)
+    log = logging.getLogger("goverse.launcher")
+
+    # Object modules are found like ``python -m`` finds them: from the
+    # current directory first.
+    sys.path.insert(0, os.getcwd())
+    for module in settings.objects:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            log.error("cannot import object module %r (from --objects): %s", module, exc)
+            return 2
+
+    stop = Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stop.set)
+
+    node = Node(settings)
+    try:
+        node.start(wait_ready=False)
+    except GoverseError as exc:
+        log.error("node failed to start: %s", exc)
+        node.stop(grace=0)
+        return 1
+    gevent.spawn(_report_ready, node, log)
+    stop.wait()
+    log.info("signal received; stopping %r", node)
+    node.stop()
+    return 0
+
+
+def _report_ready(node, log) -> None:
+    if node.wait_ready(timeout=3600):
+        log.info("%r ready: %d shards owned here", node, len(node.cluster.owned))
+
+
+def _configure_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

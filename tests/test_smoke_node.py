@@ -1,0 +1,18 @@
+from google.protobuf.wrappers_pb2 import Int64Value
+
+from goverse.testing import wait_until
+
+
+def test_single_node_call(make_node):
+    node = make_node()
+    assert node.call_object("Counter", "a", "Add", Int64Value(value=2)).value == 2
+    assert node.call_object("Counter", "a", "Add", Int64Value(value=3)).value == 5
+
+
+def test_two_processes(node_processes, make_node):
+    procs = node_processes(2)
+    node = make_node()
+    wait_until(lambda: len(node.cluster.state.nodes) == 3 and node.cluster.is_settled(), 30)
+    for i in range(20):
+        node.call_object("Counter", "p%d" % i, "Add", Int64Value(value=1))
+    assert sum(p.status().num_objects for p in procs) + len(node.host) == 20
