@@ -366,7 +366,8 @@ _declare(
     Setting(
         "advertise", str, "",
         "host:port other nodes use to reach this node. Empty means the listen "
-        "address; it must be set when listen is 0.0.0.0 or its port is 0.",
+        "address (with the port actually bound when listen asks for port 0); "
+        "it must be set when listen is 0.0.0.0.",
         optional(host_port()),
     ),
 )

@@ -100,6 +100,13 @@ class PeerUnavailable(GoverseError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
 
 
+class PeerUnreachable(PeerUnavailable):
+    """Another node could not be reached at all: the request was never delivered.
+
+    Unlike other connection failures this one is safe to retry elsewhere.
+    """
+
+
 class PeerOverloaded(GoverseError):
     """Too many requests are already in flight to another node."""
 

@@ -39,6 +39,7 @@ from .errors import (
     NoRoute,
     NotOwner,
     ObjectMethodError,
+    PeerUnreachable,
     OperationCancelled,
     ShardMoved,
     error_kind,
@@ -269,7 +270,8 @@ class Node:
                     return local(epoch)
                 else:
                     return remote(self._peer(owner), epoch, left)
-            except NotOwner as exc:
+            except (NotOwner, PeerUnreachable) as exc:
+                # Both mean the request did not run: follow the shard map.
                 log.debug("%s: %s; waiting for a new route", what, exc)
                 self._wait_for_route(deadline - time.monotonic())
 
@@ -324,8 +326,6 @@ class Node:
     # ---- serving requests for owned objects ------------------------------
 
     def _check_owner(self, place: Placement, object_id: str, epoch: int) -> None:
-        if self._stopping and self.cluster is None:
-            raise NodeStopped("%s is stopping" % (self.address,))
         if place.node is not None:
             if place.node != self.address:
                 raise NotOwner("object %r is pinned to %s, not this node (%s)" % (
@@ -382,8 +382,6 @@ class Node:
         return answer
 
     def _serve_peer_op(self, request: pb.PeerRequest, answer: pb.PeerResponse) -> None:
-        if self._stopping and self.cluster is not None and not self.cluster.owned:
-            raise NodeStopped("%s is stopping" % (self.address,))
         if request.op == pb.PEER_OP_CALL:
             response = self.call_owned(request.type, request.id, request.method,
                                        request.request, epoch=request.epoch)

@@ -37,6 +37,7 @@ from .errors import (
     NodeStopped,
     PeerOverloaded,
     PeerUnavailable,
+    PeerUnreachable,
     error_from_kind,
     error_kind,
 )
@@ -205,6 +206,7 @@ class PeerClient:
         self._outbox: Queue | None = None
         self._receiver: gevent.Greenlet | None = None
         self._closed = False
+        self._confirmed = False
         self.statistics = {"sent": 0, "failed": 0, "streams": 0}
 
     def __repr__(self) -> str:
@@ -253,8 +255,10 @@ class PeerClient:
 
     def _receive(self, responses: Any, outbox: Queue) -> None:
         error: Exception | None = None
+        self._confirmed = False
         try:
             for batch in responses:
+                self._confirmed = True
                 for response in batch.responses:
                     waiter = self._pending.get(response.tag)
                     if waiter is not None:
@@ -269,7 +273,7 @@ class PeerClient:
             self._outbox = None
         outbox.put(_END)
         reason = error.details() if isinstance(error, grpc.RpcError) else "stream closed"
-        failure = PeerUnavailable("connection to %s failed: %s" % (self.address, reason))
+        failure = self._failure(error, reason)
         pending, self._pending = self._pending, {}
         for waiter in pending.values():
             waiter.set_exception(failure)
@@ -277,6 +281,17 @@ class PeerClient:
         if pending or error is not None:
             log.warning("stream to %s ended (%s); %d requests failed",
                         self.address, reason, len(pending))
+
+    def _failure(self, error: Exception | None, reason: str) -> PeerUnavailable:
+        # A stream that never carried an answer and ended because the
+        # connection could not be made delivered nothing: callers may
+        # safely send those requests elsewhere.
+        never_connected = (
+            not self._confirmed and isinstance(error, grpc.RpcError)
+            and error.code() == grpc.StatusCode.UNAVAILABLE
+            and "connect" in (reason or "").lower())
+        cls = PeerUnreachable if never_connected else PeerUnavailable
+        return cls("connection to %s failed: %s" % (self.address, reason))
 
     def close(self) -> None:
         self._closed = True

@@ -364,7 +364,7 @@ def test_unknown_flag_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
 # -- cross-checks ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("listen", ["0.0.0.0:7070", "127.0.0.1:0", "[::]:7070"])
+@pytest.mark.parametrize("listen", ["0.0.0.0:7070", "[::]:7070"])
 def test_unreachable_listen_needs_advertise(listen: str) -> None:
     with pytest.raises(ConfigError) as excinfo:
         load(["--listen", listen])
@@ -439,3 +439,9 @@ def test_duration_marker_is_a_registered_type() -> None:
     assert SETTINGS["shutdown_grace"].type is Duration
     with pytest.raises(TypeError, match="unsupported type"):
         Setting("bad", dict, {}, "A mapping.")
+
+
+def test_listen_port_zero_needs_no_advertise() -> None:
+    # The node advertises the port it was actually given.
+    settings = load(["--listen", "127.0.0.1:0"])
+    assert (settings.listen, settings.advertise) == ("127.0.0.1:0", "")
