@@ -114,6 +114,10 @@ class Cluster:
         self._watcher: PrefixWatcher | None = None
         self._stopping = False
         self._leaving = False
+        self._unclaimed_since: dict[int, float] = {}
+        #: Seconds a target may leave a shard unclaimed before the leader
+        #: gives the shard to another node.
+        self.claim_timeout = max(10.0, 3.0 * lease_ttl)
         self._started = time.monotonic()
         self._greenlets: list[gevent.Greenlet] = []
         self.statistics = {"claims": 0, "releases": 0, "assignments": 0, "lease_losses": 0}
@@ -475,12 +479,14 @@ class Cluster:
         nodes = sorted(self.state.nodes)
         if not nodes:
             return
-        targets = [v.target for v in self.state.shards]
+        targets = self._targets_for_planning()
+        # Orphaned shards are reassigned at once (failover must not wait).
+        # Live shards move only when membership has been stable for the
+        # window and the previous batch of moves has landed, so a join
+        # moves shards in bounded batches rather than all at once.
         stable = time.monotonic() - self._membership_changed >= self.stability_window
-        # Orphaned shards are reassigned at once (failover must not wait);
-        # rebalancing live shards waits for a stable membership.
-        plan = assignment.plan_assignment(
-            targets, nodes, max_moves=MOVE_BATCH if stable else 0)
+        moves = MOVE_BATCH if stable and not self._moves_in_flight() else 0
+        plan = assignment.plan_assignment(targets, nodes, max_moves=moves)
         if not plan:
             return
         leader_key = self._key("leader")
@@ -496,6 +502,33 @@ class Cluster:
                 self.state.shards[shard].target = node
         self.statistics["assignments"] += len(items)
         log.info("%r assigned %d shards over %d nodes", self, len(items), len(nodes))
+
+    def _targets_for_planning(self) -> list[str | None]:
+        """Current targets, with shards stuck unclaimed for too long treated as orphans."""
+        now = time.monotonic()
+        nodes = self.state.nodes
+        targets = []
+        stuck = 0
+        for shard, view in enumerate(self.state.shards):
+            target = view.target
+            if target in nodes and view.owner is None:
+                since = self._unclaimed_since.setdefault(shard, now)
+                if now - since > self.claim_timeout:
+                    target = None
+                    stuck += 1
+                    del self._unclaimed_since[shard]
+            else:
+                self._unclaimed_since.pop(shard, None)
+            targets.append(target)
+        if stuck:
+            log.warning("%r reassigns %d shards their targets did not claim within %.3gs",
+                        self, stuck, self.claim_timeout)
+        return targets
+
+    def _moves_in_flight(self) -> bool:
+        nodes = self.state.nodes
+        return any(v.owner in nodes and v.target in nodes and v.owner != v.target
+                   for v in self.state.shards)
 
     def _claim(self) -> None:
         if self._leaving:

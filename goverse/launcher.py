@@ -52,6 +52,7 @@ def _run(argv: list[str]) -> int:
         gevent.signal_handler(signum, stop.set)
 
     node = Node(settings)
+    _install_activation_log(node, os.environ.get("GOVERSE_TEST_ACTIVATION_LOG"))
     try:
         node.start(wait_ready=False)
     except GoverseError as exc:
@@ -63,6 +64,28 @@ def _run(argv: list[str]) -> int:
     log.info("signal received; stopping %r", node)
     node.stop()
     return 0
+
+
+def _install_activation_log(node, path: str | None) -> None:
+    """Test hook: append every activation and deactivation to ``path``.
+
+    Each line is ``<monotonic ns> <node> <activate|deactivate> <epoch> <id>``;
+    CLOCK_MONOTONIC is shared by all processes of a machine, so the lines
+    of several nodes can be merged to check that no id was ever active on
+    two nodes at once.
+    """
+    if not path:
+        return
+    import time
+
+    sink = open(path, "a", buffering=1, encoding="utf-8")
+
+    def record(obj, event: str) -> None:
+        epoch = node.cluster.owned.get(obj._gv_shard, 0) if node.cluster else 0
+        sink.write("%d %s %s %d %s\n" % (time.monotonic_ns(), node.address, event,
+                                          epoch, obj.id))
+
+    node._activation_hook = record
 
 
 def _report_ready(node, log) -> None:

@@ -1,0 +1,1 @@
+"""Sample applications that run on a goverse cluster."""

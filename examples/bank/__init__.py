@@ -1,0 +1,1 @@
+"""A bank on goverse: Account objects that transfer money between them."""
