@@ -174,8 +174,11 @@ class ObjectHost:
             obj.__init__()
             if self._on_activation is not None:
                 self._on_activation(obj, "activate")
-            with _running_in(obj):
+            token = context._current_object.set(obj)
+            try:
                 obj.on_created()
+            finally:
+                context._current_object.reset(token)
         except BaseException as exc:
             self._discard(obj)
             if isinstance(exc, GoverseError):
@@ -202,36 +205,47 @@ class ObjectHost:
             raise ObjectTypeMismatch("object %r has type %r, not %r" % (
                 object_id, obj._gv_type, type_name))
         spec, func = lookup_method(cls, method_name)
-        target = "%s(%s)" % (cls._goverse_type, object_id)
-        message = spec.decode(request, target)
+        message = spec.decode(request, cls._goverse_type, object_id)
 
         while True:
             if obj is None or obj._gv_dead:
                 obj = self.create(cls._goverse_type, object_id, shard)
             if spec.interleave:
-                return self._invoke(obj, spec, func, message, target)
-            chain = context.ensure_call_chain()
-            acquire_turn(obj, chain, self._deadline(), "call to %s.%s" % (target, method_name))
+                return self._invoke(obj, spec, func, message)
+            chain = context._chain.get() or context.ensure_call_chain()
+            holder = obj._gv_holder
+            if holder is None:
+                obj._gv_holder = chain
+                obj._gv_depth = 1
+            elif holder == chain:
+                obj._gv_depth += 1
+            else:
+                _wait_for_turn(obj, chain, self._deadline(),
+                               "call to %r.%s" % (obj, method_name))
             try:
                 if not obj._gv_dead:
-                    return self._invoke(obj, spec, func, message, target)
+                    return self._invoke(obj, spec, func, message)
             finally:
                 release_turn(obj)
             obj = None
 
-    def _invoke(self, obj: BaseObject, spec: Any, func: Any, message: Any, target: str) -> Any:
+    def _invoke(self, obj: BaseObject, spec: Any, func: Any, message: Any) -> Any:
         obj._gv_calls += 1
         self.calls_served += 1
-        with _running_in(obj):
-            try:
-                response = func(obj, message)
-            except GoverseError:
-                raise
-            except Exception as exc:
-                log.warning("%s.%s raised", target, spec.name, exc_info=True)
-                raise ObjectMethodError("%s.%s raised %s: %s" % (
-                    target, spec.name, type(exc).__name__, exc)) from exc
-        return spec.check_response(response, target)
+        token = context._current_object.set(obj)
+        try:
+            response = func(obj, message)
+        except GoverseError:
+            raise
+        except Exception as exc:
+            log.warning("%r.%s raised", obj, spec.name, exc_info=True)
+            raise ObjectMethodError("%r.%s raised %s: %s" % (
+                obj, spec.name, type(exc).__name__, exc)) from exc
+        finally:
+            context._current_object.reset(token)
+        if type(response) is spec.response_type:
+            return response
+        return spec.check_response(response, repr(obj))
 
     # ---- delete ----------------------------------------------------------
 
@@ -320,18 +334,3 @@ def _instantiate(cls: type[BaseObject], type_name: str, object_id: str, shard: i
     obj._gv_shard = shard
     obj._gv_calls = 0
     return obj
-
-
-class _running_in:
-    """Mark the running greenlet's context as executing inside ``obj``."""
-
-    __slots__ = ("label", "token")
-
-    def __init__(self, obj: BaseObject) -> None:
-        self.label = "%s/%s" % (obj._gv_type, obj._gv_id)
-
-    def __enter__(self) -> None:
-        self.token = context._current_object.set(self.label)
-
-    def __exit__(self, *exc: Any) -> None:
-        context._current_object.reset(self.token)

@@ -30,7 +30,9 @@ _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "goverse_deadline", default=None
 )
 _chain: contextvars.ContextVar[str | None] = contextvars.ContextVar("goverse_chain", default=None)
-_current_object: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+#: The object whose code runs now (an object, or a ``Type/id`` label when
+#: the call came from another node).
+_current_object: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "goverse_current_object", default=None
 )
 
@@ -115,8 +117,9 @@ def ensure_call_chain() -> str:
 
 
 def current_object() -> str | None:
-    """``Type/id`` of the object whose code is running, or None outside objects."""
-    return _current_object.get()
+    """``Type(id)`` of the object whose code is running, or None outside objects."""
+    current = _current_object.get()
+    return current if current is None or isinstance(current, str) else repr(current)
 
 
 def set_current_object(label: str | None) -> None:

@@ -114,6 +114,7 @@ class Cluster:
         self._watcher: PrefixWatcher | None = None
         self._stopping = False
         self._leaving = False
+        self._lease_tainted = False
         self._unclaimed_since: dict[int, float] = {}
         #: Seconds a target may leave a shard unclaimed before the leader
         #: gives the shard to another node.
@@ -315,7 +316,7 @@ class Cluster:
 
     def serving(self) -> bool:
         """True while this node's lease is surely alive (checked on every call)."""
-        return time.monotonic() < self._lease_valid_until
+        return time.monotonic() < self._lease_valid_until and not self._lease_tainted
 
     def accepts(self, shard: int | None) -> bool:
         """May this node activate objects of ``shard`` now?"""
@@ -407,40 +408,55 @@ class Cluster:
     def _keepalive_loop(self) -> None:
         interval = max(0.2, self.lease_ttl / 4.0)
         while not self._stopping:
-            sent = time.monotonic()
             try:
-                remaining = self.client.keepalive_once(self.lease_id)
-            except EtcdUnavailable as exc:
+                if self._lease_tainted:
+                    self._replace_lease()
+                else:
+                    self._renew_lease()
+            except GoverseError as exc:
                 log.warning("%r could not renew its lease: %s", self, exc)
                 self._check_lease_deadline()
                 gevent.sleep(min(interval, 0.25))
                 continue
-            if remaining <= 0:
-                self._rejoin()
-            else:
-                self._lease_valid_until = sent + self._safe_ttl(remaining)
             gevent.sleep(interval)
 
+    def _renew_lease(self) -> None:
+        sent = time.monotonic()
+        remaining = self.client.keepalive_once(self.lease_id)
+        if remaining <= 0:
+            self._lose_everything("etcd lease expired")
+            self._replace_lease()
+            return
+        self._lease_valid_until = sent + self._safe_ttl(remaining)
+
     def _check_lease_deadline(self) -> None:
-        if not self.serving() and self.owned:
+        if not self.serving() and not self._lease_tainted:
             self._lose_everything("lease renewal overdue")
 
     def _lose_everything(self, reason: str) -> None:
+        """Stop serving every shard; the lease is then replaced before new claims.
+
+        The old lease may still be alive (the renewal was only late, say
+        because the event loop stalled): its owner keys would keep the
+        shards from anyone else, so :meth:`_replace_lease` revokes it.
+        """
         shards = set(self.owned)
         self.owned.clear()
+        self._lease_tainted = True
+        self._lease_valid_until = 0.0
         self.statistics["lease_losses"] += 1
         log.error("%r stops serving %d shards: %s", self, len(shards), reason)
-        self._on_release(shards, time.monotonic())
+        if shards:
+            self._on_release(shards, time.monotonic())
         self._on_lost(reason)
 
-    def _rejoin(self) -> None:
-        self._lose_everything("etcd lease expired")
-        try:
-            self._register()
-        except GoverseError as exc:
-            log.warning("%r could not register again: %s", self, exc)
-            return
-        log.warning("%r registered again with lease %x", self, self.lease_id)
+    def _replace_lease(self) -> None:
+        old = self.lease_id
+        self.client.revoke_lease(old)
+        self._register()
+        self._lease_tainted = False
+        self._wake.set()
+        log.warning("%r registered again with lease %x (was %x)", self, self.lease_id, old)
 
     # ---- the control loop ------------------------------------------------
 

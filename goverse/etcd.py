@@ -251,6 +251,8 @@ def _rpc_details(exc: grpc.RpcError) -> str:
 def _map_rpc_error(exc: grpc.RpcError, endpoint: str, operation: str) -> GoverseError:
     code = _rpc_code(exc)
     cls = _ERROR_BY_CODE.get(code, EtcdRequestError)
+    if _is_stale_token(exc) or "authentication failed" in _rpc_details(exc):
+        cls = EtcdAuthError
     return cls(
         "etcd %s at %s failed: %s: %s" % (operation, endpoint, code.name, _rpc_details(exc))
     )
@@ -808,6 +810,7 @@ class PrefixWatcher:
         self._backoff = min_backoff
         self._last_revision = 0
         self._stream: WatchStream | None = None
+        self._connected = False
         self._inbox: queue.Queue | None = None
         self._stopping = threading.Event()
         self._runner: threading.Thread | None = None
@@ -831,8 +834,7 @@ class PrefixWatcher:
     @property
     def connected(self) -> bool:
         """Whether a watch stream is open and confirmed by etcd."""
-        stream = self._stream
-        return stream is not None and stream.created
+        return self._connected
 
     def statistics(self) -> dict[str, int]:
         """Counters for monitoring: reconnects, snapshot reloads, events."""
@@ -911,8 +913,7 @@ class PrefixWatcher:
         try:
             self._dispatch(inbox)
         finally:
-            if self._stream.created:
-                self._backoff = self._min_backoff
+            self._connected = False
             self._stream.cancel()
             self._stream = None
 
@@ -925,6 +926,8 @@ class PrefixWatcher:
                 raise item
             if isinstance(item, _Created):
                 self._check_history(item.revision)
+                self._connected = True
+                self._backoff = self._min_backoff
                 continue
             events, _ = item
             self._last_revision = events[-1].kv.mod_revision

@@ -14,6 +14,7 @@ and only then closes the server.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -94,6 +95,13 @@ class Node:
         self._background = Group()
         self._calls = Group()
         self._detached = Group()
+        # Read on every call: kept out of the settings object's lookups.
+        self._call_timeout = self.settings.call_timeout
+        self._num_shards = self.settings.num_shards
+        # Chain ids only need to be unique: a random prefix and a counter
+        # are much cheaper than a uuid per call.
+        self._chain_prefix = uuid.uuid4().hex[:12]
+        self._chain_ids = itertools.count(1)
         self.host = ObjectHost(self.registry, accepts=self._accepts,
                                on_activation=self._on_activation,
                                default_timeout=self.settings.call_timeout)
@@ -220,16 +228,26 @@ class Node:
     def call_object(self, type_name: str, object_id: str, method: str, request: Any,
                     *, timeout: float | None = None) -> Any:
         """Call ``method`` on the object, wherever it lives (created on first call)."""
-        self._check_running()
+        if self._stopping or self.cluster is None:
+            self._check_running()
         validate_id(object_id)
-        place = placement(object_id, self.settings.num_shards)
-        with self._call_scope(timeout) as deadline:
-            return self._route(place, object_id, deadline, "call to %s(%s).%s" % (
+        place = placement(object_id, self._num_shards)
+        scope = self._enter_call(timeout)
+        try:
+            # Fast path: the shard is owned here, so skip routing closures.
+            if place.shard is not None and place.shard in self.cluster.owned:
+                try:
+                    return self._call_here(type_name, object_id, method, request, place, 0)
+                except NotOwner:
+                    pass
+            return self._route(place, object_id, scope[0], "call to %s(%s).%s" % (
                 type_name, object_id, method),
                 local=lambda epoch: self._call_here(type_name, object_id, method,
                                                     request, place, epoch),
                 remote=lambda peer, epoch, left: self._call_remote(
                     peer, type_name, object_id, method, request, epoch, left))
+        finally:
+            self._exit_call(scope)
 
     def _call_here(self, type_name: str, object_id: str, method: str, request: Any,
                    place: Placement, epoch: int) -> Any:
@@ -304,24 +322,34 @@ class Node:
             client_id=str(context.context.get("client_id", "")), **fields)
         return response_or_raise(peer.request(request, left))
 
-    @contextmanager
-    def _call_scope(self, timeout: float | None) -> Iterator[float]:
-        """Give the call a chain and a deadline for its duration, then restore."""
-        now = time.monotonic()
-        inherited = context.deadline()
-        deadline = now + (timeout if timeout is not None else self.settings.call_timeout)
+    def _enter_call(self, timeout: float | None) -> tuple[float, Any, Any]:
+        """Give a call a chain and a deadline; returns what ``_exit_call`` restores."""
+        deadline = time.monotonic() + (self._call_timeout if timeout is None else timeout)
+        inherited = context._deadline.get()
         if inherited is not None and inherited < deadline:
             deadline = inherited
         chain_token = None
-        if context.call_chain() is None:
-            chain_token = context._chain.set(uuid.uuid4().hex[:16])
-        deadline_token = context._deadline.set(deadline)
+        if context._chain.get() is None:
+            chain_token = context._chain.set(self._new_chain())
+        return deadline, context._deadline.set(deadline), chain_token
+
+    @staticmethod
+    def _exit_call(scope: tuple[float, Any, Any]) -> None:
+        context._deadline.reset(scope[1])
+        if scope[2] is not None:
+            context._chain.reset(scope[2])
+
+    def _new_chain(self) -> str:
+        return "%s#%d" % (self._chain_prefix, next(self._chain_ids))
+
+    @contextmanager
+    def _call_scope(self, timeout: float | None) -> Iterator[float]:
+        """Give the call a chain and a deadline for its duration, then restore."""
+        scope = self._enter_call(timeout)
         try:
-            yield deadline
+            yield scope[0]
         finally:
-            context._deadline.reset(deadline_token)
-            if chain_token is not None:
-                context._chain.reset(chain_token)
+            self._exit_call(scope)
 
     # ---- serving requests for owned objects ------------------------------
 
@@ -345,20 +373,20 @@ class Node:
     def call_owned(self, type_name: str, object_id: str, method: str, request: Any,
                    *, epoch: int) -> Any:
         validate_id(object_id)
-        place = placement(object_id, self.settings.num_shards)
+        place = placement(object_id, self._num_shards)
         self._check_owner(place, object_id, epoch)
         return self.host.call(type_name, object_id, method, request, place.shard)
 
     def create_owned(self, type_name: str, object_id: str, *, epoch: int) -> str:
         validate_id(object_id)
-        place = placement(object_id, self.settings.num_shards)
+        place = placement(object_id, self._num_shards)
         self._check_owner(place, object_id, epoch)
         self.host.create(type_name, object_id, place.shard)
         return object_id
 
     def delete_owned(self, object_id: str, type_name: str = "", *, epoch: int) -> bool:
         validate_id(object_id)
-        place = placement(object_id, self.settings.num_shards)
+        place = placement(object_id, self._num_shards)
         self._check_owner(place, object_id, epoch)
         return self.host.delete(object_id, type_name)
 
@@ -436,7 +464,7 @@ class Node:
                          timeout: float | None = None) -> Operation:
         self._check_running()
         validate_id(object_id)
-        place = placement(object_id, self.settings.num_shards)
+        place = placement(object_id, self._num_shards)
         self._owner_of(place, object_id)  # an unknown pinned node fails here, at once
         op = Operation(kind, object_id, spawn=self.spawn_detached)
         self.operations.add(op)

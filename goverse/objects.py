@@ -37,10 +37,11 @@ class MethodSpec:
     #: Runs without taking the object's turn (concurrently with other calls).
     interleave: bool = False
 
-    def decode(self, request: Any, target: str) -> Message:
+    def decode(self, request: Any, type_name: str, object_id: str) -> Message:
         """The request as ``request_type``: checked, or unpacked from an Any."""
         if isinstance(request, self.request_type):
             return request
+        target = "%s(%s)" % (type_name, object_id)
         if isinstance(request, any_pb2.Any):
             return self._unpack(request, target)
         raise WrongMessageType("%s.%s takes %s, got %s" % (

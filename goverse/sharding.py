@@ -42,6 +42,9 @@ class Placement(NamedTuple):
 
 def validate_id(object_id: object) -> str:
     """Return ``object_id`` if it is a usable id, else raise InvalidObjectId."""
+    if type(object_id) is str and object_id.isascii() and object_id.isprintable() \
+            and 0 < len(object_id) <= MAX_ID_BYTES:
+        return object_id  # the common case, decided without a regex
     if not isinstance(object_id, str):
         raise InvalidObjectId("object id must be a str, got %s %r" % (
             type(object_id).__name__, _clip(object_id)))

@@ -105,3 +105,22 @@ class FailingStart(goverse.BaseObject):
     @goverse.method
     def Ping(self, request: StringValue) -> StringValue:
         return request
+
+
+@goverse.register
+class Tally(goverse.BaseObject):
+    """Counts instances and on_created runs per id, to test creation races."""
+
+    instances: dict[str, int] = {}
+    creations: dict[str, int] = {}
+
+    def __init__(self) -> None:
+        Tally.instances[self.id] = Tally.instances.get(self.id, 0) + 1
+
+    def on_created(self) -> None:
+        gevent.sleep(0.05)
+        Tally.creations[self.id] = Tally.creations.get(self.id, 0) + 1
+
+    @goverse.method
+    def Count(self, request: StringValue) -> Int64Value:
+        return Int64Value(value=Tally.creations.get(self.id, 0))

@@ -11,6 +11,7 @@ import pytest
 
 from goverse.errors import EtcdUnavailable
 from goverse.etcd import (
+    EtcdAuthError,
     EtcdClient,
     EtcdRequestError,
     PrefixWatcher,
@@ -380,3 +381,25 @@ def test_restart_after_stop_without_keep_data_is_refused():
     assert not os.path.exists(server.data_dir)
     with pytest.raises(EtcdServerError, match="keep_data"):
         server.restart()
+
+
+def test_auth_token_is_renewed_when_etcd_expires_it():
+    from pyetcd.etcdrpc import rpc_pb2
+
+    server = EtcdServer(name="goverse-auth-etcd", extra_args=["--auth-token-ttl", "1"])
+    with server, EtcdClient([server.endpoint]) as admin:
+        auth = admin._current().auth  # enabling auth has no place in the adapter
+        auth.UserAdd(rpc_pb2.AuthUserAddRequest(name="root", password="secret"))
+        auth.UserGrantRole(rpc_pb2.AuthUserGrantRoleRequest(user="root", role="root"))
+        auth.AuthEnable(rpc_pb2.AuthEnableRequest())
+
+        with EtcdClient([server.endpoint], user="root", password="secret") as client:
+            client.put("/auth/k", "1")
+            time.sleep(2.5)  # outlive the 1 s token; nothing to poll for
+            assert client.get("/auth/k").value == b"1"
+
+        with EtcdClient([server.endpoint], user="root", password="wrong") as client:
+            with pytest.raises(EtcdAuthError, match="authenticate"):
+                client.get("/auth/k")
+        with pytest.raises(EtcdAuthError):
+            admin.get("/auth/k")
