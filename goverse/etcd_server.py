@@ -144,6 +144,7 @@ class EtcdServer:
         if self._data_removed:
             raise EtcdServerError("%r: stop() removed its data; make a new server" % (self,))
         self._choose_ports()
+        self._check_ports_free()
         os.makedirs(self._data_dir, mode=0o700, exist_ok=True)
         self._log_file = open(self.log_path, "ab")
         self._process = subprocess.Popen(
@@ -152,6 +153,7 @@ class EtcdServer:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             close_fds=True,
+            preexec_fn=_die_with_parent,
         )
         try:
             self._wait_ready(timeout)
@@ -223,6 +225,17 @@ class EtcdServer:
             *self.extra_args,
         ]
 
+    def _check_ports_free(self) -> None:
+        for port in (self.client_port, self.peer_port):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((self.host, port))
+                except OSError as exc:
+                    raise EtcdServerError(
+                        "cannot start etcd %s: %s:%d is in use (%s); is another etcd "
+                        "still running there?" % (self.name, self.host, port, exc)) from exc
+
     def _wait_ready(self, timeout: float) -> None:
         # Imported here: etcd.py is only needed once a server is started.
         from .etcd import EtcdClient
@@ -234,6 +247,10 @@ class EtcdServer:
             with EtcdClient([self.endpoint], timeout=0.5) as client:
                 try:
                     client.get("/")
+                    # An etcd left behind on the same port would answer
+                    # too: only a live child of ours counts as ready.
+                    if self._process.poll() is not None:
+                        raise self._exited_error()
                     return
                 except EtcdUnavailable:
                     pass  # not listening yet; poll again
@@ -274,3 +291,19 @@ class EtcdServer:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM etcd when the process that started it dies.
+
+    An embedded etcd must not outlive its node (a killed node would leave
+    a server holding the port). Elsewhere than Linux this is a no-op.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # no prctl here: the server simply is not tied to its parent

@@ -21,7 +21,7 @@ from goverse.errors import (
 from goverse.objects import BaseObject, MethodSpec, TypeRegistry, lookup_method, method
 from goverse.sharding import MAX_ID_BYTES, Placement, fnv1a_32, placement, validate_id
 
-TARGET = "Counter(c1)"
+TARGET = ("Counter", "c1")
 
 
 def make_object(type_name: str = "Plain", object_id: str = "p1") -> BaseObject:
@@ -174,13 +174,13 @@ def add_spec():
 
 def test_decode_accepts_the_declared_message(add_spec):
     request = Int64Value(value=7)
-    assert add_spec.decode(request, TARGET) is request
+    assert add_spec.decode(request, *TARGET) is request
 
 
 def test_decode_unpacks_any_of_the_declared_type(add_spec):
     packed = any_pb2.Any()
     packed.Pack(Int64Value(value=42))
-    decoded = add_spec.decode(packed, TARGET)
+    decoded = add_spec.decode(packed, *TARGET)
     assert isinstance(decoded, Int64Value)
     assert decoded.value == 42
 
@@ -189,7 +189,7 @@ def test_decode_any_of_wrong_type_names_both_types(add_spec):
     packed = any_pb2.Any()
     packed.Pack(StringValue(value="nope"))
     with pytest.raises(WrongMessageType) as info:
-        add_spec.decode(packed, TARGET)
+        add_spec.decode(packed, *TARGET)
     message = str(info.value)
     assert "Counter(c1).Add" in message
     assert "google.protobuf.Int64Value" in message
@@ -200,7 +200,7 @@ def test_decode_any_with_garbage_payload(add_spec):
     packed = any_pb2.Any(type_url="type.googleapis.com/google.protobuf.Int64Value",
                          value=b"\xff\xff\xff")
     with pytest.raises(WrongMessageType, match="not a valid google.protobuf.Int64Value"):
-        add_spec.decode(packed, TARGET)
+        add_spec.decode(packed, *TARGET)
 
 
 @pytest.mark.parametrize("request_value, named", [
@@ -211,14 +211,14 @@ def test_decode_any_with_garbage_payload(add_spec):
 ])
 def test_decode_wrong_python_type_names_it(add_spec, request_value, named):
     with pytest.raises(WrongMessageType) as info:
-        add_spec.decode(request_value, TARGET)
+        add_spec.decode(request_value, *TARGET)
     assert "takes google.protobuf.Int64Value, got %s" % named in str(info.value)
 
 
 def test_check_response_refuses_other_types(add_spec):
-    assert add_spec.check_response(Int64Value(value=1), TARGET).value == 1
+    assert add_spec.check_response(Int64Value(value=1), "Counter(c1)").value == 1
     with pytest.raises(WrongMessageType, match="must return google.protobuf.Int64Value"):
-        add_spec.check_response(StringValue(), TARGET)
+        add_spec.check_response(StringValue(), "Counter(c1)")
 
 
 # -- placement ----------------------------------------------------------------
@@ -373,7 +373,7 @@ def test_turn_timeout_names_the_object_and_holder():
     acquire_turn(obj, "chain-a", soon(), "test")
     started = time.monotonic()
     with pytest.raises(CallTimeout) as info:
-        acquire_turn(obj, "chain-b", time.monotonic() + 0.05, "call to Ledger(ledger-7).Post")
+        acquire_turn(obj, "chain-b", soon(0.05), "call to Ledger(ledger-7).Post")
     assert time.monotonic() - started < 2
     message = str(info.value)
     assert "call to Ledger(ledger-7).Post timed out" in message
