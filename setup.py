@@ -7,6 +7,8 @@ TEST_REQUIRES = [
     "pytest-timeout>=2.3,<3",
     "hypothesis>=6.100,<7",
     "grpcio-tools>=1.80,<2",
+    "opentelemetry-api>=1.20,<2",
+    "opentelemetry-sdk>=1.20,<2",
 ]
 
 setup(
@@ -32,6 +34,8 @@ setup(
     extras_require={
         "test": TEST_REQUIRES,
         "dev": TEST_REQUIRES + ["ruff"],
+        # Span context propagation between nodes is used when present.
+        "otel": ["opentelemetry-api>=1.20,<2"],
     },
     entry_points={
         "console_scripts": ["goverse-node=goverse.launcher:main"],

@@ -161,9 +161,39 @@ METADATA_CHAIN = "goverse-chain"
 METADATA_CALLER = "goverse-caller"
 
 
+#: Key under which the OpenTelemetry span context travels with the values.
+OTEL_KEY = "_otel"
+
+_otel: Any = None
+
+
+def _opentelemetry() -> Any:
+    """OpenTelemetry's context and propagation modules, or False when absent."""
+    global _otel
+    if _otel is None:
+        try:
+            from opentelemetry import context as otel_context
+            from opentelemetry import propagate as otel_propagate
+        except ImportError:
+            _otel = False
+        else:
+            _otel = (otel_context, otel_propagate)
+    return _otel
+
+
 def encode_values() -> bytes:
-    """The user values as JSON; values JSON cannot hold are sent as text."""
+    """The user values as JSON; values JSON cannot hold are sent as text.
+
+    When OpenTelemetry is installed the active span context rides along
+    (W3C trace context), so spans on other nodes join the caller's trace.
+    """
     values = _values.get(None)
+    otel = _opentelemetry()
+    if otel:
+        carrier: dict[str, str] = {}
+        otel[1].inject(carrier)
+        if carrier:
+            values = dict(values or {}, **{OTEL_KEY: carrier})
     if not values:
         return b""
     return json.dumps(values, default=str, separators=(",", ":")).encode()
@@ -191,7 +221,16 @@ def enter(
     timeout: float | None,
     caller: str | None = None,
 ) -> None:
-    """Install a received context in the running greenlet's (fresh) context."""
+    """Install a received context in the running greenlet's context.
+
+    Every runtime value is overwritten: gRPC's handler greenlets are reused
+    between requests, and nothing of one request may leak into the next.
+    """
+    carrier = values.pop(OTEL_KEY, None)
+    otel = _opentelemetry()
+    if otel:
+        extracted = otel[1].extract(carrier) if isinstance(carrier, dict) else None
+        otel[0].attach(extracted if extracted is not None else otel[0].Context())
     _values.set(values)
     _chain.set(chain or None)
     _deadline.set(time.monotonic() + timeout if timeout and timeout > 0 else None)

@@ -430,7 +430,7 @@ class Cluster:
         self._lease_valid_until = sent + self._safe_ttl(remaining)
 
     def _check_lease_deadline(self) -> None:
-        if not self.serving() and not self._lease_tainted:
+        if not self.serving() and not self._lease_tainted and not self._stopping:
             self._lose_everything("lease renewal overdue")
 
     def _lose_everything(self, reason: str) -> None:

@@ -322,8 +322,12 @@ class Node:
             client_id=str(context.context.get("client_id", "")), **fields)
         return response_or_raise(peer.request(request, left))
 
-    def _enter_call(self, timeout: float | None) -> tuple[float, Any, Any]:
-        """Give a call a chain and a deadline; returns what ``_exit_call`` restores."""
+    def _enter_call(self, timeout: float | None) -> tuple[float, Any, Any, Any]:
+        """Give a call a chain, a deadline and its own copy of the context values.
+
+        The copy makes a local call behave like a remote one: what the
+        callee writes into ``goverse.context`` does not leak back.
+        """
         deadline = time.monotonic() + (self._call_timeout if timeout is None else timeout)
         inherited = context._deadline.get()
         if inherited is not None and inherited < deadline:
@@ -331,13 +335,16 @@ class Node:
         chain_token = None
         if context._chain.get() is None:
             chain_token = context._chain.set(self._new_chain())
-        return deadline, context._deadline.set(deadline), chain_token
+        values = context._values.get(None)
+        values_token = context._values.set(dict(values) if values else {})
+        return deadline, context._deadline.set(deadline), chain_token, values_token
 
     @staticmethod
-    def _exit_call(scope: tuple[float, Any, Any]) -> None:
+    def _exit_call(scope: tuple[float, Any, Any, Any]) -> None:
         context._deadline.reset(scope[1])
         if scope[2] is not None:
             context._chain.reset(scope[2])
+        context._values.reset(scope[3])
 
     def _new_chain(self) -> str:
         return "%s#%d" % (self._chain_prefix, next(self._chain_ids))
@@ -471,7 +478,7 @@ class Node:
         if wait:
             self._run_operation(op, work, type_name, place, timeout)
             return op
-        log.info("%r: %s %s initiated asynchronously", self, kind, object_id)
+        log.info("%r: %s %s initiated asynchronously%s", self, kind, object_id, _trace())
         # A detached operation keeps the caller's values and deadline but
         # starts its own call chain: it runs beside the caller, not inside
         # its turn, so it must queue for any object the caller holds.
@@ -487,7 +494,8 @@ class Node:
         except gevent.GreenletExit:
             error = OperationCancelled("%s %s cancelled: node %s stopped" % (
                 op.kind, op.object_id, self.address))
-            log.error("%r: Async %s %s failed: %s", self, op.kind, op.object_id, error)
+            log.error("%r: Async %s %s failed: %s%s", self, op.kind, op.object_id, error,
+                      _trace())
             op.fail(error)
 
     def _run_operation(self, op: Operation, work: Callable[..., Any], type_name: str,
@@ -496,14 +504,16 @@ class Node:
             with self._call_scope(timeout) as deadline:
                 work(type_name, op.object_id, place, deadline)
         except GoverseError as exc:
-            log.error("%r: Async %s %s failed: %s", self, op.kind, op.object_id, exc)
+            log.error("%r: Async %s %s failed: %s%s", self, op.kind, op.object_id, exc,
+                      _trace())
             op.fail(exc)
             return
         except Exception as exc:
-            log.exception("%r: Async %s %s failed", self, op.kind, op.object_id)
+            log.exception("%r: Async %s %s failed%s", self, op.kind, op.object_id, _trace())
             op.fail(ObjectMethodError("%s: %s" % (type(exc).__name__, exc)))
             return
-        log.info("%r: Async %s %s completed successfully", self, op.kind, op.object_id)
+        log.info("%r: Async %s %s completed successfully%s", self, op.kind, op.object_id,
+                 _trace())
         op.succeed(op.object_id)
 
     def _create_anywhere(self, type_name: str, object_id: str, place: Placement,
@@ -566,6 +576,12 @@ class Node:
                 "objects": len(self.host), "calls_served": self.host.calls_served,
                 "pending_operations": len(self._detached),
                 "peers": self.peer_queue_depths(), "cluster": view}
+
+
+def _trace() -> str:
+    """`` [trace_id=...]`` when the context carries a trace id, else nothing."""
+    trace_id = context.context.get("trace_id")
+    return " [trace_id=%s]" % (trace_id,) if trace_id else ""
 
 
 def new_object_id(type_name: str) -> str:

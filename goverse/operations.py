@@ -62,7 +62,8 @@ class Operation:
 
     def wait(self, timeout: float | None = None) -> Any:
         """The result, or raise the operation's error; CallTimeout if not done in time."""
-        if not self._result.wait(timeout):
+        self._result.wait(timeout)
+        if not self._result.ready():
             raise CallTimeout("%s of %r not finished after %.3gs" % (
                 self.kind, self.object_id, timeout or 0))
         return self._result.get(block=False)

@@ -12,7 +12,6 @@ from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
 import goverse
 from goverse.errors import (
-    CallTimeout,
     InvalidObjectId,
     ObjectTypeMismatch,
     UnknownMethod,
@@ -102,22 +101,12 @@ def test_other_type_for_existing_id_is_refused(node):
     assert node.host.objects["typed"].type == "Counter"
 
 
-# Operation.wait treats the value of AsyncResult.wait as "finished"; after
-# set_exception that value is None, so a failed operation looks unfinished.
-WAIT_HIDES_ERRORS = pytest.mark.xfail(strict=True, raises=CallTimeout, reason=(
-    "Operation.wait raises CallTimeout instead of the operation's error: "
-    "goverse/operations.py tests the value of AsyncResult.wait(), which is "
-    "None when the result is an exception"))
-
-
-@WAIT_HIDES_ERRORS
 def test_create_and_wait_with_other_type_for_existing_id_raises(node):
     node.create_object("Counter", "typed-wait", wait=True)
     with pytest.raises(ObjectTypeMismatch, match="'typed-wait'.*'Counter'.*'Slow'"):
         node.create_object("Slow", "typed-wait", wait=True)
 
 
-@WAIT_HIDES_ERRORS
 def test_create_with_unknown_type_and_wait_raises(node):
     with pytest.raises(UnknownObjectType, match="NoSuchType"):
         node.create_object("NoSuchType", "never", wait=True)

@@ -69,7 +69,7 @@ class Account(goverse.BaseObject):
     # their deadline. It stays safe because each change of the balance
     # below is made without yielding between its check and its update, and
     # greenlets only switch when one yields.
-    @goverse.method
+    @goverse.method(interleave=True)
     def Transfer(self, request: bank.TransferRequest) -> bank.TransferResponse:
         """Move ``amount`` from this account to ``to_account``."""
         if request.to_account == self.id:

@@ -1,0 +1,154 @@
+"""Operation handles and the context that travels with detached work."""
+
+from __future__ import annotations
+
+import logging
+
+import gevent
+import pytest
+from google.protobuf.wrappers_pb2 import StringValue
+
+import goverse
+from goverse import OperationStatus
+from goverse.testing import wait_until
+from tests import reentrant_objects  # noqa: F401  (registers the types)
+
+
+@pytest.fixture
+def two_nodes(make_node):
+    first = make_node(num_shards=64)
+    second = make_node(num_shards=64)
+    wait_until(lambda: first.cluster.is_settled() and len(first.cluster.state.nodes) == 2, 20)
+    return first, second
+
+
+def test_handle_reports_success_and_status_by_id(make_node):
+    node = make_node(num_shards=64)
+    op = node.create_object_async("Hop", "op-ok")
+    assert op.wait(5) == "op-ok"
+    assert op.status is OperationStatus.SUCCEEDED and op.done()
+    assert node.operation_status(op.id)["status"] == "succeeded"
+    assert "op-ok" in node.host.objects
+
+
+def test_handle_reports_the_remote_failure_with_its_reason(two_nodes):
+    first, second = two_nodes
+    op = first.create_object_async("NoSuchType", "%s/x" % second.address)
+    with pytest.raises(goverse.UnknownObjectType, match="NoSuchType"):
+        op.wait(5)
+    assert op.status is OperationStatus.FAILED
+    assert "UnknownObjectType" in op.error and "NoSuchType" in op.error
+
+
+def test_wait_true_raises_the_real_error(two_nodes):
+    first, second = two_nodes
+    with pytest.raises(goverse.UnknownObjectType):
+        first.create_object("NoSuchType", "%s/y" % second.address, wait=True)
+
+
+def test_callback_added_after_completion_still_runs(make_node):
+    node = make_node(num_shards=64)
+    op = node.create_object_async("Hop", "op-late")
+    op.wait(5)
+    seen = []
+    op.add_done_callback(lambda done: seen.append(done.status))
+    wait_until(lambda: seen == [OperationStatus.SUCCEEDED], 5)
+
+
+def test_callback_exceptions_are_logged_not_lost(make_node, caplog):
+    node = make_node(num_shards=64)
+    op = node.create_object_async("Hop", "op-bad-callback")
+
+    def explode(done):
+        raise ValueError("callback exploded")
+    op.add_done_callback(explode)
+    op.wait(5)
+    wait_until(lambda: "callback exploded" in caplog.text, 5)
+
+
+def test_stopping_the_node_cancels_pending_operations(make_node, caplog):
+    node = make_node(num_shards=64)
+    op = node.create_object_async("Sleeper", "sleepy")
+    wait_until(lambda: "sleepy" in node.host.objects, 5)
+    with caplog.at_level(logging.ERROR):
+        node.stop(grace=0.1)
+    assert op.status is OperationStatus.CANCELLED
+    with pytest.raises(goverse.OperationCancelled):
+        op.wait(0)
+    assert "Async CreateObject sleepy failed" in caplog.text
+
+
+def test_create_returns_before_the_work_and_beats_a_plain_call(make_node):
+    """A create from inside a method returns at once: time it against a call."""
+    node = make_node(num_shards=64)
+    node.call_object("Hop", "timer", "Echo", StringValue())
+    clock = gevent.get_hub().loop
+
+    def timed(fn, rounds=50):
+        clock.update_now()
+        start = clock.now()
+        for _ in range(rounds):
+            fn()
+        clock.update_now()
+        return clock.now() - start
+
+    plain = timed(lambda: node.call_object("Hop", "timer", "Echo", StringValue()))
+    creating = timed(lambda: node.create_object("Sleeper"))
+    # Each create starts an on_created that sleeps 30 s; returning within a
+    # small multiple of a local call shows none of them was waited for.
+    assert creating < max(plain * 20, 0.05), (creating, plain)
+
+
+def test_trace_id_reaches_on_created_on_another_node_and_the_logs(two_nodes, caplog):
+    first, second = two_nodes
+    child = "%s/traced" % second.address
+    goverse.context["trace_id"] = "trace-42"
+    try:
+        with caplog.at_level(logging.INFO):
+            op = first.create_object_async("Child", child)
+            op.wait(5)
+    finally:
+        del goverse.context["trace_id"]
+    seen = first.call_object("Child", child, "Seen", StringValue(), timeout=5)
+    assert seen.value.startswith("trace-42|")
+    assert "CreateObject %s initiated asynchronously [trace_id=trace-42]" % child in caplog.text
+    assert "completed successfully [trace_id=trace-42]" in caplog.text
+
+
+def test_detached_changes_do_not_leak_back(make_node):
+    node = make_node(num_shards=64)
+    goverse.context["who"] = "parent"
+    try:
+        seen = []
+
+        def child():
+            seen.append(goverse.context.get("who"))
+            goverse.context["who"] = "child"
+        node.spawn(child).join(5)
+        assert seen == ["parent"]
+        assert goverse.context["who"] == "parent"
+    finally:
+        del goverse.context["who"]
+
+
+def test_context_values_reach_methods_on_another_node(two_nodes):
+    first, second = two_nodes
+    goverse.context["tenant"] = "acme"
+    try:
+        value = first.call_object("Hop", "%s/ctx" % second.address, "ContextValue",
+                                  StringValue(value="tenant"), timeout=5)
+    finally:
+        del goverse.context["tenant"]
+    assert value.value == "acme"
+
+
+def test_opentelemetry_span_context_crosses_nodes(two_nodes):
+    trace = pytest.importorskip("opentelemetry.trace")
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    first, second = two_nodes
+    tracer = sdk.TracerProvider().get_tracer("goverse-test")
+    with tracer.start_as_current_span("caller") as span:
+        expected = "%032x" % span.get_span_context().trace_id
+        seen = first.call_object("Hop", "%s/otel" % second.address, "TraceId",
+                                 StringValue(), timeout=5)
+    assert trace is not None and seen.value == expected
