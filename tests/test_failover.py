@@ -1,0 +1,657 @@
+"""Failover of a live cluster: joins, graceful leaves, crashes, stalls, etcd restarts.
+
+Every test runs real ``bin/goverse-node`` processes on etcd plus one
+in-process node that observes the cluster and makes the calls. The
+properties checked are the ones a user relies on: shards stay balanced,
+a join moves few of them, calls keep succeeding while shards move, a
+crashed or stalled node's objects come back elsewhere within a lease, and
+no object is ever active on two nodes at once (checked from the activation
+log every node writes when ``GOVERSE_TEST_ACTIVATION_LOG`` is set).
+
+The kill-and-restart loop runs ``GOVERSE_KILL_CYCLES`` cycles (5 by
+default); the full run uses 50::
+
+    GOVERSE_KILL_CYCLES=50 .venv/bin/python -m pytest tests/test_failover.py \
+        -k kill_and_restart
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import random
+import signal
+import time
+from typing import Any, Iterable
+
+import gevent
+import pytest
+from gevent.pool import Group
+from google.protobuf.wrappers_pb2 import Int64Value, StringValue
+
+import goverse
+from goverse.etcd import EtcdClient
+from goverse.etcd_server import EtcdServer
+from goverse.sharding import placement
+from goverse.testing import NodeProcess, wait_until
+
+pytestmark = pytest.mark.slow
+
+#: Few shards keep claims and moves quick; every node must use the same count.
+SHARDS = 256
+
+#: The default lease: the failover bounds below are stated against it.
+LEASE_TTL = 3
+
+#: How long a settled cluster may take to form or re-form on a busy machine.
+SETTLE_TIMEOUT = 45
+
+NODE_ARGS = ["--num-shards", str(SHARDS), "--stability-window", "0.2",
+             "--shutdown-grace", "5", "--lease-ttl", str(LEASE_TTL)]
+
+OBSERVER_SETTINGS = {"num_shards": SHARDS, "stability_window": 0.2,
+                     "lease_ttl": LEASE_TTL, "call_timeout": 10.0}
+
+
+# -- fixtures -----------------------------------------------------------------
+
+
+@pytest.fixture
+def spawn_nodes(etcd_endpoint, cluster_prefix, tmp_path):
+    """Start node processes of this test's cluster; SIGKILLed at teardown.
+
+    Teardown kills rather than terminates: the cluster prefix is unique to
+    the test, so nothing needs a graceful leave, and it saves seconds.
+    """
+    procs: list[NodeProcess] = []
+    serial = itertools.count()
+
+    def start(count: int = 1, *, endpoint: str | None = None, port: int | None = None,
+              activation_log: str | None = None) -> list[NodeProcess]:
+        env = {"GOVERSE_TEST_ACTIVATION_LOG": activation_log} if activation_log else None
+        started = []
+        for _ in range(count):
+            proc = NodeProcess(endpoint or etcd_endpoint, prefix=cluster_prefix,
+                               objects=["tests.sample_objects"], port=port,
+                               extra_args=NODE_ARGS, env=env,
+                               log_path=str(tmp_path / ("node-%d.log" % next(serial))))
+            procs.append(proc)
+            started.append(proc.start(wait=False))
+        for proc in started:
+            proc.wait_serving()
+        return started
+
+    yield start
+    for proc in procs:
+        proc.signal(signal.SIGCONT)
+        proc.kill()
+        proc.close()
+
+
+@pytest.fixture
+def start_observer(etcd_endpoint, cluster_prefix):
+    """Start the in-process node that observes the cluster and makes the calls."""
+    from tests import sample_objects  # noqa: F401  (registers the test types)
+
+    nodes: list[goverse.Node] = []
+    sinks: list[Any] = []
+
+    def start(*, endpoint: str | None = None, activation_log: str | None = None,
+              wait_ready: bool = True) -> goverse.Node:
+        settings = goverse.Settings.from_mapping(dict(
+            OBSERVER_SETTINGS, etcd_endpoints=[endpoint or etcd_endpoint],
+            etcd_prefix=cluster_prefix, listen="127.0.0.1:0"))
+        hook = None
+        if activation_log:
+            sink = open(activation_log, "a", buffering=1, encoding="utf-8")
+            sinks.append(sink)
+            hook = lambda obj, event: log_activation(sink, node, obj, event)  # noqa: E731
+        node = goverse.Node(settings, activation_hook=hook)
+        nodes.append(node)
+        return node.start(wait_ready=wait_ready)
+
+    yield start
+    for node in reversed(nodes):
+        node.stop(grace=2)
+    for sink in sinks:
+        sink.close()
+
+
+@pytest.fixture
+def own_etcd(tmp_path):
+    """An etcd for one test alone, so the test may kill and restart it."""
+    server = EtcdServer(name="goverse-failover-etcd").start()
+    yield server
+    server.stop()
+
+
+def log_activation(sink: Any, node: goverse.Node, obj: Any, event: str) -> None:
+    """Write the observer's activations in the launcher's activation-log format."""
+    shard = placement(obj.id, SHARDS).shard
+    epoch = node.cluster.owned.get(shard, 0) if node.cluster is not None else 0
+    sink.write("%d %s %s %d %s\n" % (time.monotonic_ns(), node.address, event, epoch,
+                                      obj.id))
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def members(observer: goverse.Node) -> set[str]:
+    return set(observer.cluster.state.nodes)
+
+
+def wait_settled(observer: goverse.Node, expected: Iterable[str],
+                 timeout: float = SETTLE_TIMEOUT) -> float:
+    """Wait until exactly ``expected`` are members and the cluster is settled."""
+    expected = set(expected)
+
+    def settled() -> bool:
+        return members(observer) == expected and observer.cluster.is_settled()
+
+    wait_until(settled, timeout, message="cluster settled with %s (last: %s, %s)" % (
+        sorted(expected), sorted(members(observer)), observer.cluster.ready_reason()))
+    return time.monotonic()
+
+
+def start_cluster(spawn_nodes, start_observer, count: int = 3,
+                  **kwargs: Any) -> tuple[goverse.Node, list[NodeProcess]]:
+    procs = spawn_nodes(count, **kwargs)
+    observer = start_observer(endpoint=kwargs.get("endpoint"),
+                              activation_log=kwargs.get("activation_log"))
+    wait_settled(observer, [p.address for p in procs] + [observer.address])
+    return observer, procs
+
+
+def shard_of(object_id: str) -> int:
+    return placement(object_id, SHARDS).shard
+
+
+def owner_of(observer: goverse.Node, object_id: str) -> str | None:
+    return observer.cluster.route(shard_of(object_id))[0]
+
+
+def ids_owned_by(observer: goverse.Node, address: str, stem: str, count: int) -> list[str]:
+    """The first ``count`` ids ``<stem>-<n>`` whose shard ``address`` owns."""
+    found = []
+    for n in itertools.count():
+        object_id = "%s-%d" % (stem, n)
+        if owner_of(observer, object_id) == address:
+            found.append(object_id)
+            if len(found) == count:
+                return found
+
+
+def targets(observer: goverse.Node) -> list[str | None]:
+    return [view.target for view in observer.cluster.state.shards]
+
+
+def owner_counts(observer: goverse.Node) -> dict[str, int]:
+    """Shards owned per member, members owning none included."""
+    owned = observer.cluster.view()["shards_owned"]
+    return {address: owned.get(address, 0) for address in members(observer)}
+
+
+def where(observer: goverse.Node, object_id: str, timeout: float | None = None) -> str:
+    return observer.call_object("Counter", object_id, "Where", StringValue(),
+                                timeout=timeout).value
+
+
+def add(observer: goverse.Node, object_id: str, value: int = 1) -> int:
+    return observer.call_object("Counter", object_id, "Add", Int64Value(value=value)).value
+
+
+def total(observer: goverse.Node, object_id: str) -> int:
+    return observer.call_object("Counter", object_id, "Get", Int64Value()).value
+
+
+def etcd_shard_owners(endpoint: str, prefix: str) -> tuple[set[str], dict[int, str]]:
+    """Live node keys and shard owners as etcd itself holds them."""
+    with EtcdClient([endpoint], timeout=2.0) as client:
+        kvs, _ = client.get_prefix(prefix + "/")
+    nodes, owners = set(), {}
+    for kv in kvs:
+        parts = kv.key[len(prefix) + 1:].split("/")
+        if parts[0] == "nodes":
+            nodes.add(parts[1])
+        elif parts[0] == "shards" and parts[2] == "owner":
+            owners[int(parts[1])] = kv.value.decode()
+    return nodes, owners
+
+
+class CallLoad:
+    """Greenlets calling ``Counter.Add`` on random ids until stopped.
+
+    Every outcome is kept: ``done`` holds ``(id, started, ended)`` of each
+    successful call, ``failures`` holds ``(id, started, exception)``.
+    """
+
+    def __init__(self, node: goverse.Node, ids: Iterable[str], workers: int = 16) -> None:
+        self.node = node
+        self.ids = list(ids)
+        self.workers = workers
+        self.done: list[tuple[str, float, float]] = []
+        self.failures: list[tuple[str, float, BaseException]] = []
+        self._running = False
+        self._group = Group()
+
+    def __enter__(self) -> CallLoad:
+        self._running = True
+        for seed in range(self.workers):
+            self._group.spawn(self._work, random.Random(seed))
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    def _work(self, rng: random.Random) -> None:
+        while self._running:
+            object_id = rng.choice(self.ids)
+            started = time.monotonic()
+            try:
+                add(self.node, object_id)
+            except Exception as exc:  # every failure is the test's business
+                self.failures.append((object_id, started, exc))
+            else:
+                self.done.append((object_id, started, time.monotonic()))
+            # Calls to objects of the observer itself never block: yield so
+            # the other workers and the test's waits get their turn.
+            gevent.sleep(0)
+
+    def wait_progress(self, calls: int, timeout: float = 20.0) -> None:
+        """Wait until ``calls`` more calls have succeeded."""
+        goal = len(self.done) + calls
+        wait_until(lambda: len(self.done) >= goal, timeout,
+                   message="%d more successful calls (failures so far: %d)" % (
+                       calls, len(self.failures)))
+
+    def stop(self) -> None:
+        self._running = False
+        self._group.join(timeout=15)
+        self._group.kill()
+
+    def failure_summary(self) -> str:
+        kinds = collections.Counter(type(exc).__name__ for _, _, exc in self.failures)
+        first = self.failures[0] if self.failures else None
+        return "%d failed calls by kind %s; first: %r" % (
+            len(self.failures), dict(kinds), first)
+
+
+# -- the activation log -------------------------------------------------------
+
+
+def read_activation_log(path: str) -> list[tuple[int, str, str, int, str]]:
+    events = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            stamp, node, event, epoch, object_id = line.split()
+            assert event in ("activate", "deactivate"), line
+            events.append((int(stamp), node, event, int(epoch), object_id))
+    events.sort()
+    return events
+
+
+def activation_intervals(events: list[tuple[int, str, str, int, str]],
+                         ends: dict[str, list[int]]) -> dict[str, list[tuple[int, int, str]]]:
+    """Per id, the ``(start, end, node)`` spans during which a node held it active.
+
+    A node that was SIGKILLed writes no deactivation: ``ends`` gives, per
+    node address, the times its process was known dead (or frozen), and an
+    activation still open then ends there. A later incarnation on the same
+    address starts fresh after that time.
+    """
+    never = 2 ** 63
+    opened: dict[tuple[str, str], int] = {}
+    spans: dict[str, list[tuple[int, int, str]]] = collections.defaultdict(list)
+
+    def end_of(node: str, start: int, before: int) -> int | None:
+        return next((t for t in sorted(ends.get(node, ())) if start <= t <= before), None)
+
+    for stamp, node, event, _, object_id in events:
+        key = (node, object_id)
+        if key in opened:
+            ended = end_of(node, opened[key], stamp)
+            if ended is not None:
+                spans[object_id].append((opened.pop(key), ended, node))
+        if event == "activate":
+            assert key not in opened, "%s activated %s twice without deactivating it" % (
+                node, object_id)
+            opened[key] = stamp
+        else:
+            assert key in opened, "%s deactivated %s, which it had not activated" % (
+                node, object_id)
+            spans[object_id].append((opened.pop(key), stamp, node))
+    for (node, object_id), start in opened.items():
+        ended = end_of(node, start, never)
+        spans[object_id].append((start, never if ended is None else ended, node))
+    return spans
+
+
+def double_activations(spans: dict[str, list[tuple[int, int, str]]]) -> list[str]:
+    """Descriptions of every pair of spans of one id on two nodes that overlap."""
+    found = []
+    for object_id, intervals in spans.items():
+        intervals = sorted(intervals)
+        for i, (start, end, node) in enumerate(intervals):
+            for other_start, other_end, other_node in intervals[i + 1:]:
+                if other_start >= end:
+                    break
+                if other_node != node:
+                    found.append("%s on %s [%d, %d] and on %s [%d, %d]" % (
+                        object_id, node, start, end, other_node, other_start, other_end))
+    return found
+
+
+# -- balance and joins --------------------------------------------------------
+
+
+def test_initial_assignment_is_balanced(spawn_nodes, start_observer):
+    observer, procs = start_cluster(spawn_nodes, start_observer)
+
+    counts = owner_counts(observer)
+    assert set(counts) == {p.address for p in procs} | {observer.address}
+    assert sum(counts.values()) == SHARDS
+    assert max(counts.values()) - min(counts.values()) <= 1, counts
+
+    process_counts = [counts[p.address] for p in procs]
+    assert max(process_counts) - min(process_counts) <= 1, counts
+    nodes, owners = etcd_shard_owners(observer.settings.etcd_endpoints[0],
+                                      observer.settings.etcd_prefix)
+    assert nodes == set(counts)
+    assert collections.Counter(owners.values()) == counts
+
+
+def test_join_moves_a_fair_share_and_keeps_unmoved_objects(spawn_nodes, start_observer):
+    observer, procs = start_cluster(spawn_nodes, start_observer)
+    ids = ["join-%d" % n for n in range(400)]
+    for object_id in ids:
+        assert add(observer, object_id, 7) == 7
+    before = targets(observer)
+
+    newcomer, = spawn_nodes(1)
+    after_members = [p.address for p in procs] + [observer.address, newcomer.address]
+    wait_settled(observer, after_members)
+    after = targets(observer)
+
+    counts = owner_counts(observer)
+    assert max(counts.values()) - min(counts.values()) <= 1, counts
+    moved = {shard for shard in range(SHARDS) if before[shard] != after[shard]}
+    # Only the newcomer's fair share moves, and only to the newcomer.
+    fair_share = SHARDS / len(after_members)
+    assert fair_share - 1 <= len(moved) <= fair_share + 0.05 * SHARDS, counts
+    assert {after[shard] for shard in moved} == {newcomer.address}
+
+    for object_id in ids:
+        value = total(observer, object_id)
+        if shard_of(object_id) in moved:
+            # A moved object was deactivated on its old node: it starts anew.
+            assert value == 0, object_id
+        else:
+            assert value == 7, object_id
+    assert any(shard_of(object_id) in moved for object_id in ids)
+
+
+class ShardWatch:
+    """Records when the observer saw each shard leave its initial owner."""
+
+    def __init__(self, observer: goverse.Node) -> None:
+        self.observer = observer
+        self.initial = [view.owner for view in observer.cluster.state.shards]
+        self.left: dict[int, float] = {}
+        self.arrived: dict[int, float] = {}
+        self._running = True
+        self._greenlet = gevent.spawn(self._watch)
+
+    def _watch(self) -> None:
+        while self._running:
+            now = time.monotonic()
+            for shard, view in enumerate(self.observer.cluster.state.shards):
+                if view.owner != self.initial[shard]:
+                    self.left.setdefault(shard, now)
+                if shard in self.left and view.owner not in (None, self.initial[shard]):
+                    self.arrived.setdefault(shard, now)
+            self.observer.cluster.wait_changed(0.05)
+
+    def stop(self) -> None:
+        self._running = False
+        self._greenlet.join(timeout=2)
+        self._greenlet.kill()
+
+
+def test_calls_meeting_a_moving_shard_succeed(spawn_nodes, start_observer):
+    observer, procs = start_cluster(spawn_nodes, start_observer)
+    ids = ["shard#%d/moving" % shard for shard in range(SHARDS)]
+    watch = ShardWatch(observer)
+
+    with CallLoad(observer, ids, workers=24) as load:
+        load.wait_progress(200)
+        newcomer, = spawn_nodes(1)
+        wait_settled(observer, [p.address for p in procs] + [observer.address,
+                                                              newcomer.address])
+        load.wait_progress(200)
+    watch.stop()
+
+    assert not load.failures, load.failure_summary()
+    assert watch.arrived, "no shard moved during the join"
+    # Calls in flight while their shard had left its old owner and not yet
+    # reached the new one: these had to wait for, or follow, the move.
+    met = [(object_id, started, ended) for object_id, started, ended in load.done
+           if shard_of(object_id) in watch.arrived
+           and started <= watch.arrived[shard_of(object_id)]
+           and ended >= watch.left[shard_of(object_id)]]
+    assert met, "no call was in flight while its shard moved"
+    for shard in watch.arrived:
+        assert where(observer, "shard#%d/moving" % shard) == newcomer.address
+
+
+# -- leaving, crashing, stalling ----------------------------------------------
+
+
+def test_graceful_leave_under_load_fails_no_call(spawn_nodes, start_observer):
+    observer, procs = start_cluster(spawn_nodes, start_observer)
+    leaving = procs[0]
+    ids = ["leave-%d" % n for n in range(300)]
+    assert any(owner_of(observer, object_id) == leaving.address for object_id in ids)
+
+    with CallLoad(observer, ids) as load:
+        load.wait_progress(300)
+        status = leaving.terminate(timeout=30)
+        stay = [p.address for p in procs[1:]] + [observer.address]
+        wait_settled(observer, stay)
+        load.wait_progress(300)
+
+    assert status == 0
+    assert not load.failures, load.failure_summary()
+    assert leaving.address not in targets(observer)
+    for object_id in ids:
+        assert where(observer, object_id) in stay
+
+
+def test_killed_node_objects_come_back_within_a_lease(spawn_nodes, start_observer):
+    observer, procs = start_cluster(spawn_nodes, start_observer)
+    victim = procs[1]
+    ids = ids_owned_by(observer, victim.address, "crash", 20)
+    for object_id in ids:
+        assert where(observer, object_id) == victim.address
+
+    killed_at = time.monotonic()
+    victim.kill()
+    first = where(observer, ids[0])
+    first_after = time.monotonic() - killed_at
+    answers = gevent.joinall([gevent.spawn(where, observer, object_id) for object_id in ids],
+                             raise_error=True)
+    all_after = time.monotonic() - killed_at
+
+    print("\nkill -9 failover: first call after %.2fs, all %d after %.2fs"
+          % (first_after, len(ids), all_after))
+    live = {p.address for p in procs if p is not victim} | {observer.address}
+    assert first in live
+    assert {g.value for g in answers} <= live
+    assert first_after < LEASE_TTL + 3, first_after
+    wait_settled(observer, live)
+
+
+def test_leader_death_elects_a_new_leader(spawn_nodes, start_observer):
+    procs = spawn_nodes(3)
+    addresses = {p.address for p in procs}
+    with EtcdClient([procs[0].etcd_endpoint], timeout=2.0) as client:
+        wait_until(lambda: client.get(procs[0].prefix + "/leader"), 20,
+                   message="a node process leads")
+    observer = start_observer()
+    wait_settled(observer, addresses | {observer.address})
+    leader = observer.cluster.state.leader
+    assert leader in addresses
+    doomed = next(p for p in procs if p.address == leader)
+
+    killed_at = time.monotonic()
+    doomed.kill()
+
+    def new_leader() -> str | None:
+        current = observer.cluster.state.leader
+        return current if current not in (None, leader) else None
+
+    elected = wait_until(new_leader, LEASE_TTL + 3, interval=0.02,
+                         message="a leader other than %s" % leader)
+    elected_after = time.monotonic() - killed_at
+    survivors = (addresses - {leader}) | {observer.address}
+    wait_until(lambda: members(observer) == survivors and observer.cluster.is_ready(),
+               SETTLE_TIMEOUT, message="ready without the old leader")
+    ready_after = time.monotonic() - killed_at
+    print("\nleader death: new leader after %.2fs, ready after %.2fs"
+          % (elected_after, ready_after))
+
+    assert elected in survivors
+    wait_settled(observer, survivors)
+    assert observer.cluster.state.leader == elected
+
+
+def test_cluster_converges_after_etcd_restart(own_etcd, spawn_nodes, start_observer):
+    observer, procs = start_cluster(spawn_nodes, start_observer, endpoint=own_etcd.endpoint)
+    expected = {p.address for p in procs} | {observer.address}
+    ids = ["etcd-%d" % n for n in range(60)]
+    for object_id in ids:
+        assert add(observer, object_id) == 1
+
+    own_etcd.kill()
+    # Down long enough that no node can still trust its lease.
+    wait_until(lambda: not observer.cluster.serving(), LEASE_TTL + 5,
+               message="the observer's lease lapses while etcd is down")
+    down_at = time.monotonic()
+    own_etcd.restart()
+
+    wait_settled(observer, expected, timeout=60)
+    converged_after = time.monotonic() - down_at
+    print("\netcd restart: settled %.2fs after etcd came back" % converged_after)
+    nodes, owners = etcd_shard_owners(own_etcd.endpoint, observer.settings.etcd_prefix)
+    assert nodes == expected
+    assert set(owners) == set(range(SHARDS))
+    assert set(owners.values()) <= expected
+    for object_id in ids:
+        assert where(observer, object_id) == owners[shard_of(object_id)]
+        add(observer, object_id)
+    assert all(p.alive() for p in procs)
+
+
+def test_stalled_node_loses_its_objects_before_serving_again(
+        spawn_nodes, start_observer, tmp_path):
+    activation_log = str(tmp_path / "activations.log")
+    observer, procs = start_cluster(spawn_nodes, start_observer,
+                                    activation_log=activation_log)
+    stalled = procs[2]
+    ids = ids_owned_by(observer, stalled.address, "stall", 12)
+    for object_id in ids:
+        assert add(observer, object_id, 5) == 5
+
+    new_owner: dict[str, str] = {}
+
+    def keep_calling(object_id: str) -> None:
+        while object_id not in new_owner:
+            try:
+                answer = where(observer, object_id, timeout=1.5)
+            except goverse.GoverseError:
+                continue  # a call sent to the frozen node waits for it
+            if answer != stalled.address:
+                new_owner[object_id] = answer
+
+    stalled.signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    stopped_ns = time.monotonic_ns()
+    callers = Group()
+    try:
+        for object_id in ids:
+            callers.spawn(keep_calling, object_id)
+        wait_until(lambda: len(new_owner) == len(ids), LEASE_TTL + 8,
+                   message="every object of the stalled node answers elsewhere")
+        failover_after = time.monotonic() - stopped_at
+        # Stay frozen past the lease whatever the failover took.
+        wait_until(lambda: time.monotonic() - stopped_at >= LEASE_TTL + 2, 10)
+    finally:
+        callers.kill()
+        stalled.signal(signal.SIGCONT)
+    resumed_ns = time.monotonic_ns()
+    print("\nstalled node: objects answered elsewhere %.2fs after SIGSTOP" % failover_after)
+
+    # Right after it resumes, calls reach the new owners, whose state is new.
+    answers = {object_id: where(observer, object_id) for object_id in ids}
+    assert all(total(observer, object_id) in (0, 1) for object_id in ids)
+    assert stalled.alive()
+
+    # Its old activations must end in deactivations written after it resumed.
+    def deactivated_all() -> bool:
+        events = read_activation_log(activation_log)
+        gone = {oid for stamp, node, event, _, oid in events
+                if node == stalled.address and event == "deactivate" and stamp >= resumed_ns}
+        return set(ids) <= gone
+    wait_until(deactivated_all, 10, message="the stalled node deactivated its old objects")
+
+    events = read_activation_log(activation_log)
+    activated_since = {oid for stamp, node, event, _, oid in events
+                       if node == stalled.address and event == "activate"
+                       and stamp >= resumed_ns}
+    for object_id, answer in answers.items():
+        assert answer != stalled.address or object_id in activated_since, (
+            "the resumed node served %s from an activation it held before the stall"
+            % object_id)
+    assert not [e for e in events
+                if e[1] == stalled.address and stopped_ns < e[0] < resumed_ns]
+    # A frozen process runs nothing: its activations end, for this check,
+    # when it was stopped (that it served none of them later is checked above).
+    spans = activation_intervals(events, {stalled.address: [stopped_ns]})
+    assert not double_activations(spans)
+
+
+def test_single_activation_across_kill_and_restart_cycles(
+        spawn_nodes, start_observer, tmp_path):
+    cycles = int(os.environ.get("GOVERSE_KILL_CYCLES", "5"))
+    activation_log = str(tmp_path / "activations.log")
+    observer, procs = start_cluster(spawn_nodes, start_observer,
+                                    activation_log=activation_log)
+    addresses = {p.address for p in procs} | {observer.address}
+    ids = ["cycle-%d" % n for n in range(300)]
+    rng = random.Random(int(os.environ.get("GOVERSE_KILL_SEED", "7")))
+    killed: dict[str, list[int]] = collections.defaultdict(list)
+    recoveries = []
+
+    with CallLoad(observer, ids) as load:
+        load.wait_progress(200)
+        for _ in range(cycles):
+            index = rng.randrange(len(procs))
+            victim = procs[index]
+            victim.kill()
+            killed_at = time.monotonic()
+            killed[victim.address].append(time.monotonic_ns())
+            procs[index], = spawn_nodes(1, port=victim.port, activation_log=activation_log)
+            wait_settled(observer, addresses)
+            recoveries.append(time.monotonic() - killed_at)
+            load.wait_progress(100)
+    print("\nkill-and-restart: %d cycles, settled again after %s s; %s"
+          % (cycles, ["%.1f" % r for r in recoveries], load.failure_summary()))
+
+    # Calls in flight on a connection that dies may have run: they fail
+    # rather than run twice. Nothing else may fail.
+    kinds = {type(exc).__name__ for _, _, exc in load.failures}
+    assert kinds <= {"PeerUnavailable"}, load.failure_summary()
+    spans = activation_intervals(read_activation_log(activation_log), killed)
+    assert len(spans) > len(ids) / 2
+    overlaps = double_activations(spans)
+    assert not overlaps, overlaps[:5]
