@@ -346,6 +346,12 @@ class Cluster:
         unowned = sum(1 for v in self.state.shards if v.owner not in nodes)
         if unowned:
             return "%d of %d shards have no live owner" % (unowned, self.num_shards)
+        # The watch can show our own claim before the claim's transaction
+        # has returned to us: until then we would refuse those shards.
+        unrecorded = sum(1 for n, v in enumerate(self.state.shards)
+                         if v.owner == self.address and n not in self.owned)
+        if unrecorded:
+            return "%d shards claimed here are still being recorded" % (unrecorded,)
         stable_for = time.monotonic() - self._membership_changed
         if stable_for < self.stability_window:
             return "membership changed %.2fs ago (window %.2fs)" % (

@@ -433,7 +433,7 @@ class Node:
     def create_object(self, type_name: str, object_id: str | None = None, *,
                       wait: bool = False, timeout: float | None = None) -> str:
         """Create an object and return its id at once (``wait=True``: when done)."""
-        op = self._start_operation("CreateObject", object_id or new_object_id(type_name),
+        op = self._start_operation("CreateObject", _id_or_new(object_id, type_name),
                                    self._create_anywhere, type_name, wait=wait,
                                    timeout=timeout)
         if wait:
@@ -443,7 +443,7 @@ class Node:
     def create_object_async(self, type_name: str, object_id: str | None = None, *,
                             timeout: float | None = None) -> Operation:
         """Create an object; the returned handle follows the operation."""
-        return self._start_operation("CreateObject", object_id or new_object_id(type_name),
+        return self._start_operation("CreateObject", _id_or_new(object_id, type_name),
                                      self._create_anywhere, type_name, timeout=timeout)
 
     def delete_object(self, object_id: str, *, wait: bool = False,
@@ -582,6 +582,11 @@ def _trace() -> str:
     """`` [trace_id=...]`` when the context carries a trace id, else nothing."""
     trace_id = context.context.get("trace_id")
     return " [trace_id=%s]" % (trace_id,) if trace_id else ""
+
+
+def _id_or_new(object_id: str | None, type_name: str) -> str:
+    # Only a missing id is generated: an empty one is a caller's mistake.
+    return new_object_id(type_name) if object_id is None else object_id
 
 
 def new_object_id(type_name: str) -> str:

@@ -184,7 +184,8 @@ class TypeRegistry:
         if not type_name or len(type_name) > _TYPE_NAME_MAX or "/" in type_name:
             raise ValueError("invalid object type name %r" % (type_name,))
         known = self._types.get(type_name)
-        if known is not None and known.__qualname__ != cls.__qualname__:
+        if known is not None and (known.__module__, known.__qualname__) != (
+                cls.__module__, cls.__qualname__):
             raise ValueError("object type %r is already registered for %r" % (type_name, known))
 
     def get(self, type_name: str) -> type[BaseObject]:

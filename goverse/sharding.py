@@ -80,7 +80,7 @@ def placement(object_id: str, num_shards: int) -> Placement:
 def _explicit_shard(object_id: str, num_shards: int) -> int:
     match = _SHARD_FORM.match(object_id)
     text = match.group(1) if match else ""
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise InvalidObjectId("object id %r: shard#<n>/ needs a decimal shard number" % (
             _clip(object_id),))
     shard = int(text)

@@ -203,11 +203,7 @@ def test_call_with_malformed_id_is_refused(node, object_id, named):
     assert len(node.host) == 0
 
 
-@pytest.mark.parametrize("object_id, named", [
-    pytest.param(*MALFORMED_IDS[0].values, id="empty", marks=pytest.mark.xfail(
-        strict=True, reason="Node.create_object treats an empty id like a missing "
-        "one (object_id or new_object_id(...)) and creates a generated id")),
-] + MALFORMED_IDS[1:])
+@pytest.mark.parametrize("object_id, named", MALFORMED_IDS)
 def test_create_with_malformed_id_is_refused(node, object_id, named):
     with pytest.raises(InvalidObjectId, match=named):
         node.create_object("Counter", object_id)
@@ -316,11 +312,13 @@ def test_embedded_etcd_when_no_endpoint(make_node, cluster_prefix):
 def test_default_shard_count_all_owned(make_node):
     node = make_node()
     assert node.settings.num_shards == 8192
-    assert len(node.cluster.owned) == 8192
     table = node.cluster.shard_table()
     assert len(table) == 8192
     assert {row["owner"] for row in table} == {node.address}
     assert node.cluster.is_leader
+    # The view can show the last claimed batch before the claim's own
+    # bookkeeping does, so the node's owned map may trail readiness briefly.
+    wait_until(lambda: len(node.cluster.owned) == 8192, 5, message="all shards claimed")
 
 
 def test_context_values_reach_the_object(node):
