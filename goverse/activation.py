@@ -110,8 +110,10 @@ class ObjectHost:
         accepts: Callable[[int | None], bool],
         on_activation: Callable[[BaseObject, str], None] | None = None,
         default_timeout: float = 30.0,
+        stats: Any = None,
     ) -> None:
         self.registry = registry
+        self.stats = stats
         self.objects: dict[str, BaseObject] = {}
         self._accepts = accepts
         self._on_activation = on_activation
@@ -206,7 +208,23 @@ class ObjectHost:
                 object_id, obj._gv_type, type_name))
         spec, func = lookup_method(cls, method_name)
         message = spec.decode(request, cls._goverse_type, object_id)
+        stats = self.stats
+        if stats is None:
+            return self._run_call(obj, cls, object_id, method_name, spec, func, message, shard)
+        latency = (stats.latency_by_method.get((cls, method_name))
+                   or stats.latency(cls, cls._goverse_type, method_name))
+        started = time.monotonic()
+        try:
+            return self._run_call(obj, cls, object_id, method_name, spec, func, message, shard)
+        except GoverseError as exc:
+            stats.call_failed(cls._goverse_type, method_name, type(exc).__name__)
+            raise
+        finally:
+            latency.observe(time.monotonic() - started)
 
+    def _run_call(self, obj: BaseObject | None, cls: type[BaseObject], object_id: str,
+                  method_name: str, spec: Any, func: Any, message: Any,
+                  shard: int | None) -> Any:
         while True:
             if obj is None or obj._gv_dead:
                 obj = self.create(cls._goverse_type, object_id, shard)

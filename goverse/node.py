@@ -46,6 +46,7 @@ from .errors import (
     error_kind,
 )
 from .etcd import EtcdClient
+from .metrics import LoopMonitor, NodeStats
 from .objects import BaseObject, TypeRegistry, lookup_method, registry as default_registry
 from .operations import Operation, OperationLog
 from .sharding import Placement, placement, validate_id
@@ -102,9 +103,12 @@ class Node:
         # are much cheaper than a uuid per call.
         self._chain_prefix = uuid.uuid4().hex[:12]
         self._chain_ids = itertools.count(1)
+        self.stats = NodeStats()
+        self.loop_monitor = LoopMonitor()
         self.host = ObjectHost(self.registry, accepts=self._accepts,
                                on_activation=self._on_activation,
-                               default_timeout=self.settings.call_timeout)
+                               default_timeout=self.settings.call_timeout,
+                               stats=self.stats)
 
     def __repr__(self) -> str:
         return repr(self.cluster) if self.cluster is not None else "Node<%s>" % self.address
@@ -116,6 +120,7 @@ class Node:
         global _current_node
         runtime.require_patched()
         runtime.init_grpc()
+        self.loop_monitor.start(self._background)
         self._start_server()
         self._etcd = self._connect_etcd()
         self.cluster = Cluster(
@@ -501,6 +506,19 @@ class Node:
     def _run_operation(self, op: Operation, work: Callable[..., Any], type_name: str,
                        place: Placement, timeout: float | None) -> None:
         try:
+            self._do_operation(op, work, type_name, place, timeout)
+        finally:
+            if not op.done():  # killed: the caller records the cancellation
+                op.add_done_callback(self._count_operation)
+            else:
+                self._count_operation(op)
+
+    def _count_operation(self, op: Operation) -> None:
+        self.stats.operation_done(op.kind, op.status.value, (op.finished or 0) - op.started)
+
+    def _do_operation(self, op: Operation, work: Callable[..., Any], type_name: str,
+                      place: Placement, timeout: float | None) -> None:
+        try:
             with self._call_scope(timeout) as deadline:
                 work(type_name, op.object_id, place, deadline)
         except GoverseError as exc:
@@ -557,6 +575,7 @@ class Node:
         log.error("%r lost its lease (%s); its objects were deactivated", self, reason)
 
     def _on_activation(self, obj: BaseObject, event: str) -> None:
+        self.stats.activated(obj._gv_type, 1 if event == "activate" else -1)
         if self._activation_hook is not None:
             self._activation_hook(obj, event)
 
