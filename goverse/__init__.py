@@ -29,6 +29,9 @@ _EXPORTS = {
     "delete_object": "api",
     "delete_object_async": "api",
     "operation_status": "api",
+    "push_message": "api",
+    "broadcast": "api",
+    "client_id": "api",
 }
 _ERRORS = (
     "CallTimeout", "ConfigError", "GoverseError", "InvalidObjectId", "MessageTooLarge",

@@ -40,3 +40,20 @@ def delete_object_async(object_id: str, *, timeout: float | None = None) -> Oper
 def operation_status(op_id: str) -> dict[str, Any] | None:
     """Status of an operation this process's node started, or None if unknown."""
     return current_node().operation_status(op_id)
+
+
+def push_message(client_ids: Any, message: Any) -> int:
+    """Push a protobuf message to one client id or a list of them (best effort)."""
+    return current_node().push(client_ids, message)
+
+
+def broadcast(message: Any) -> int:
+    """Push a protobuf message to every client of every gate (best effort)."""
+    return current_node().broadcast(message)
+
+
+def client_id() -> str | None:
+    """The id of the gate client on whose behalf the current call runs, if any."""
+    from .callctx import context
+
+    return context.get("client_id") or None

@@ -71,6 +71,7 @@ class ClusterState:
     """This node's view of the cluster, as the watch delivered it."""
 
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gates: dict[str, dict[str, Any]] = field(default_factory=dict)
     leader: str | None = None
     shards: list[ShardView] = field(default_factory=list)
     revision: int = 0
@@ -91,9 +92,12 @@ class Cluster:
         group: Any,
         on_release: Callable[[set[int], float], None],
         on_lost: Callable[[str], None],
+        role: str = "node",
     ) -> None:
         self.client = client
         self.address = address
+        #: "node" hosts shards; "gate" only watches the map to route clients.
+        self.role = role
         self.prefix = prefix
         self.num_shards = num_shards
         self.lease_ttl = lease_ttl
@@ -132,6 +136,9 @@ class Cluster:
     def _key(self, *parts: object) -> str:
         return "/".join((self.prefix,) + tuple(str(p) for p in parts))
 
+    def _member_key(self) -> str:
+        return self._key("nodes" if self.role == "node" else "gates", self.address)
+
     def _owner_key(self, shard: int) -> str:
         return self._key("shards", shard, "owner")
 
@@ -166,7 +173,7 @@ class Cluster:
         try:
             self.client.txn([cmp_value(self._key("leader"), "==", self.address)],
                             [op_delete(self._key("leader"))])
-            self.client.delete(self._key("nodes", self.address))
+            self.client.delete(self._member_key())
         except GoverseError as exc:
             log.warning("%r could not announce that it leaves: %s", self, exc)
             return
@@ -221,7 +228,7 @@ class Cluster:
         granted_at = time.monotonic()
         info = json.dumps({"address": self.address, "pid": os.getpid(),
                            "started": time.time()})
-        self.client.put(self._key("nodes", self.address), info, lease=lease_id)
+        self.client.put(self._member_key(), info, lease=lease_id)
         self.lease_id = lease_id
         self._lease_valid_until = granted_at + self._safe_ttl(ttl)
 
@@ -259,7 +266,9 @@ class Cluster:
         parts = rest.split("/")
         value = kv.value.decode("utf-8", "replace") if kind == "put" else None
         if parts[0] == "nodes" and len(parts) == 2:
-            self._apply_node(state, parts[1], value)
+            self._apply_node(state.nodes, parts[1], value)
+        elif parts[0] == "gates" and len(parts) == 2:
+            self._apply_node(state.gates, parts[1], value)
         elif parts[0] == "leader":
             state.leader = value
         elif parts[0] == "shards" and len(parts) == 3 and parts[1].isdigit():
@@ -268,14 +277,14 @@ class Cluster:
                 self._apply_shard(state.shards[shard], parts[2], value, kv.mod_revision)
 
     @staticmethod
-    def _apply_node(state: ClusterState, address: str, value: str | None) -> None:
+    def _apply_node(members: dict[str, Any], address: str, value: str | None) -> None:
         if value is None:
-            state.nodes.pop(address, None)
+            members.pop(address, None)
             return
         try:
-            state.nodes[address] = json.loads(value)
+            members[address] = json.loads(value)
         except ValueError:
-            state.nodes[address] = {"address": address}
+            members[address] = {"address": address}
 
     @staticmethod
     def _apply_shard(view: ShardView, which: str, value: str | None, revision: int) -> None:
@@ -393,7 +402,9 @@ class Cluster:
             "address": self.address,
             "leader": self.state.leader,
             "is_leader": self.is_leader,
+            "role": self.role,
             "nodes": sorted(self.state.nodes),
+            "gates": sorted(self.state.gates),
             "num_shards": self.num_shards,
             "shards_owned": owners,
             "shards_targeted": targets,
@@ -482,6 +493,8 @@ class Cluster:
     def _control_step(self) -> None:
         if not self.serving():
             self._check_lease_deadline()
+            return
+        if self.role != "node":
             return
         if self.state.leader is None and not self._leaving:
             self._campaign()

@@ -49,6 +49,7 @@ from .etcd import EtcdClient
 from .metrics import LoopMonitor, NodeStats
 from .objects import BaseObject, TypeRegistry, lookup_method, registry as default_registry
 from .operations import Operation, OperationLog
+from .push import GateLinks
 from .sharding import Placement, placement, validate_id
 from .transport import NodeServicer, PeerClient, channel_options, pack, response_or_raise
 
@@ -77,11 +78,15 @@ class Node:
         *,
         registry: TypeRegistry | None = None,
         activation_hook: Callable[[BaseObject, str], None] | None = None,
+        role: str = "node",
         **overrides: Any,
     ) -> None:
         settings = settings or Settings.from_mapping({})
         self.settings = settings.replace(**overrides) if overrides else settings
         self.registry = registry or default_registry
+        #: "node" hosts objects; "gate" routes requests and hosts none.
+        self.role = role
+        self.gate_links = GateLinks()
         self.address = self.settings.advertise or self.settings.listen
         self.cluster: Cluster | None = None
         self.operations = OperationLog()
@@ -127,7 +132,7 @@ class Node:
             self._etcd, address=self.address, prefix=self.settings.etcd_prefix,
             num_shards=self.settings.num_shards, lease_ttl=self.settings.lease_ttl,
             stability_window=self.settings.stability_window, group=self._background,
-            on_release=self._evict_shards, on_lost=self._lease_lost)
+            on_release=self._evict_shards, on_lost=self._lease_lost, role=self.role)
         self.cluster.start()
         _current_node = self
         if wait_ready and not self.cluster.wait_ready(timeout):
@@ -187,6 +192,7 @@ class Node:
             self.cluster.hand_over(deadline)
         self._calls.join(timeout=max(0.0, deadline - time.monotonic()))
         self._cancel_detached()
+        self.gate_links.close()
         if self.cluster is not None:
             self.cluster.stop()
         self._calls.kill(block=True, timeout=2)
@@ -583,6 +589,17 @@ class Node:
         if self._stopping or self.cluster is None:
             raise NodeStopped("node %s is %s" % (
                 self.address, "stopping" if self._stopping else "not started"))
+
+    # ---- push --------------------------------------------------------------
+
+    def push(self, client_ids: Any, message: Any) -> int:
+        """Push ``message`` to clients (one id or several); best effort, counted."""
+        ids = [client_ids] if isinstance(client_ids, str) else list(client_ids)
+        return self.gate_links.push(ids, message)
+
+    def broadcast(self, message: Any) -> int:
+        """Push ``message`` to every client connected to any gate."""
+        return self.gate_links.broadcast(message)
 
     # ---- introspection ---------------------------------------------------
 

@@ -118,6 +118,12 @@ class NodeServicer(pb_grpc.GoverseServicer):
         finally:
             reader.kill(block=False)
 
+    def RegisterGate(self, request: pb.RegisterGateRequest,
+                     ctx: grpc.ServicerContext) -> Iterator[pb.GateMessage]:
+        if not request.gate_addr:
+            ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "RegisterGate needs gate_addr")
+        yield from self.node.gate_links.stream(request.gate_addr, ctx.is_active)
+
     def _read_requests(self, request_iterator: Iterator[pb.PeerBatch], answers: Queue) -> None:
         try:
             for batch in request_iterator:

@@ -148,3 +148,19 @@ class PeerResponseBatch(_message.Message):
     RESPONSES_FIELD_NUMBER: _ClassVar[int]
     responses: _containers.RepeatedCompositeFieldContainer[PeerResponse]
     def __init__(self, responses: _Optional[_Iterable[_Union[PeerResponse, _Mapping]]] = ...) -> None: ...
+
+class RegisterGateRequest(_message.Message):
+    __slots__ = ("gate_addr",)
+    GATE_ADDR_FIELD_NUMBER: _ClassVar[int]
+    gate_addr: str
+    def __init__(self, gate_addr: _Optional[str] = ...) -> None: ...
+
+class GateMessage(_message.Message):
+    __slots__ = ("client_ids", "message", "broadcast")
+    CLIENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    BROADCAST_FIELD_NUMBER: _ClassVar[int]
+    client_ids: _containers.RepeatedScalarFieldContainer[str]
+    message: _any_pb2.Any
+    broadcast: bool
+    def __init__(self, client_ids: _Optional[_Iterable[str]] = ..., message: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., broadcast: _Optional[bool] = ...) -> None: ...

@@ -64,6 +64,11 @@ class GoverseStub:
                 request_serializer=goverse__pb2.PeerBatch.SerializeToString,
                 response_deserializer=goverse__pb2.PeerResponseBatch.FromString,
                 _registered_method=True)
+        self.RegisterGate = channel.unary_stream(
+                '/goverse.Goverse/RegisterGate',
+                request_serializer=goverse__pb2.RegisterGateRequest.SerializeToString,
+                response_deserializer=goverse__pb2.GateMessage.FromString,
+                _registered_method=True)
 
 
 class GoverseServicer:
@@ -107,6 +112,14 @@ class GoverseServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterGate(self, request, context):
+        """A gate opens one of these to every node; the node streams the push
+        messages its objects send to that gate's clients.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GoverseServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -139,6 +152,11 @@ def add_GoverseServicer_to_server(servicer, server):
                     servicer.PeerStream,
                     request_deserializer=goverse__pb2.PeerBatch.FromString,
                     response_serializer=goverse__pb2.PeerResponseBatch.SerializeToString,
+            ),
+            'RegisterGate': grpc.unary_stream_rpc_method_handler(
+                    servicer.RegisterGate,
+                    request_deserializer=goverse__pb2.RegisterGateRequest.FromString,
+                    response_serializer=goverse__pb2.GateMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -303,6 +321,33 @@ class Goverse:
             '/goverse.Goverse/PeerStream',
             goverse__pb2.PeerBatch.SerializeToString,
             goverse__pb2.PeerResponseBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterGate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/goverse.Goverse/RegisterGate',
+            goverse__pb2.RegisterGateRequest.SerializeToString,
+            goverse__pb2.GateMessage.FromString,
             options,
             channel_credentials,
             insecure,
