@@ -126,6 +126,7 @@ class Node:
         runtime.require_patched()
         runtime.init_grpc()
         self.loop_monitor.start(self._background)
+        self._background.spawn(self._close_departed_peers)
         self._start_server()
         self._etcd = self._connect_etcd()
         self.cluster = Cluster(
@@ -325,6 +326,18 @@ class Node:
                               max_message_bytes=s.max_message_bytes)
             self._peers[address] = peer
         return peer
+
+    def _close_departed_peers(self, interval: float = 5.0) -> None:
+        """Close connections to nodes that left the cluster and are idle."""
+        while True:
+            gevent.sleep(interval)
+            if self.cluster is None:
+                continue
+            for address, peer in list(self._peers.items()):
+                if not self.cluster.is_member(address) and not peer.queue_depth:
+                    log.info("%r closing the connection to departed node %s", self, address)
+                    del self._peers[address]
+                    peer.close()
 
     def _peer_request(self, peer: PeerClient, op: int, left: float, **fields: Any) -> Any:
         request = pb.PeerRequest(
