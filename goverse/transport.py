@@ -122,6 +122,9 @@ class NodeServicer(pb_grpc.GoverseServicer):
                      ctx: grpc.ServicerContext) -> Iterator[pb.GateMessage]:
         if not request.gate_addr:
             ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "RegisterGate needs gate_addr")
+        # Headers go out at once (not with the first push), so the gate
+        # learns that its stream is open before any message flows.
+        ctx.send_initial_metadata(())
         yield from self.node.gate_links.stream(request.gate_addr, ctx.is_active)
 
     def _read_requests(self, request_iterator: Iterator[pb.PeerBatch], answers: Queue) -> None:
@@ -251,13 +254,23 @@ class PeerClient:
     def _ensure_stream(self) -> Queue:
         if self._outbox is not None:
             return self._outbox
+        # NOTE: the outbox is published before the stream call: opening a
+        # stream can yield to other greenlets, and every caller arriving in
+        # that gap must use this stream rather than open one of its own.
         outbox: Queue = Queue()
-        responses = self._stub.PeerStream(
-            _batches(outbox, self._batch_size, pb.PeerBatch, "requests"))
         self._outbox = outbox
         self.statistics["streams"] += 1
-        self._receiver = self._group.spawn(self._receive, responses, outbox)
+        self._receiver = self._group.spawn(self._open_and_receive, outbox)
         return outbox
+
+    def _open_and_receive(self, outbox: Queue) -> None:
+        try:
+            responses = self._stub.PeerStream(
+                _batches(outbox, self._batch_size, pb.PeerBatch, "requests"))
+        except grpc.RpcError as exc:
+            self._stream_ended(outbox, exc)
+            return
+        self._receive(responses, outbox)
 
     def _receive(self, responses: Any, outbox: Queue) -> None:
         error: Exception | None = None
