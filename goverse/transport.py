@@ -297,7 +297,9 @@ class PeerClient:
         for waiter in pending.values():
             waiter.set_exception(failure)
         self.statistics["failed"] += len(pending)
-        if pending or error is not None:
+        if self._closed and not pending:
+            log.debug("stream to %s closed", self.address)
+        elif pending or error is not None:
             log.warning("stream to %s ended (%s); %d requests failed",
                         self.address, reason, len(pending))
 
