@@ -93,11 +93,18 @@ class Cluster:
         on_release: Callable[[set[int], float], None],
         on_lost: Callable[[str], None],
         role: str = "node",
+        probe: Callable[[str], bool] | None = None,
     ) -> None:
         self.client = client
         self.address = address
         #: "node" hosts shards; "gate" only watches the map to route clients.
         self.role = role
+        #: The leader gives shards only to nodes this says it can reach (a
+        #: node with the wrong certificate, or behind a closed port, would
+        #: otherwise own shards nobody can call).
+        self._probe = probe
+        self._reachable: dict[str, bool] = {}
+        self._probed_at: dict[str, float] = {}
         self.prefix = prefix
         self.num_shards = num_shards
         self.lease_ttl = lease_ttl
@@ -511,7 +518,7 @@ class Cluster:
             log.info("%r became leader", self)
 
     def _assign(self) -> None:
-        nodes = sorted(self.state.nodes)
+        nodes = self._assignable_nodes()
         if not nodes:
             return
         targets = self._targets_for_planning()
@@ -537,6 +544,24 @@ class Cluster:
                 self.state.shards[shard].target = node
         self.statistics["assignments"] += len(items)
         log.info("%r assigned %d shards over %d nodes", self, len(items), len(nodes))
+
+    def _assignable_nodes(self) -> list[str]:
+        """Live nodes the leader has reached at least once (probing new ones)."""
+        nodes = sorted(self.state.nodes)
+        if self._probe is None:
+            return nodes
+        now = time.monotonic()
+        for node in nodes:
+            if self._reachable.get(node):
+                continue
+            if now - self._probed_at.get(node, 0.0) < 2.0:
+                continue
+            self._probed_at[node] = now
+            self._reachable[node] = self._probe(node)
+        for gone in set(self._reachable) - set(nodes):
+            self._reachable.pop(gone, None)
+            self._probed_at.pop(gone, None)
+        return [node for node in nodes if self._reachable.get(node)]
 
     def _targets_for_planning(self) -> list[str | None]:
         """Current targets, with shards stuck unclaimed for too long treated as orphans."""

@@ -481,6 +481,27 @@ _declare(
 )
 
 _declare(
+    "TLS",
+    Setting(
+        "tls_cert", str, "",
+        "Path of this process's certificate (PEM) for its gRPC server and for "
+        "its connections to other nodes. Empty: plaintext gRPC.",
+    ),
+    Setting("tls_key", str, "", "Path of the private key of tls_cert."),
+    Setting(
+        "tls_ca", str, "",
+        "Path of the CA certificate that signs every node's certificate. "
+        "Peers must present a certificate it signed (mutual TLS).",
+    ),
+    Setting(
+        "tls_client_auth", bool, True,
+        "Require callers of this process's gRPC server to present a certificate "
+        "signed by tls_ca. Nodes keep it on; a gate serving outside clients "
+        "may turn it off.",
+    ),
+)
+
+_declare(
     "Operations",
     Setting(
         "admin_listen", str, "",
@@ -491,6 +512,47 @@ _declare(
         "log_level", str, "INFO",
         "Logging threshold: DEBUG, INFO, WARNING or ERROR.",
         one_of("DEBUG", "INFO", "WARNING", "ERROR"),
+    ),
+)
+
+def url_prefix(value: str) -> str:
+    """Accept a URL path prefix such as ``/chat/`` (outside the API's ``/api/``)."""
+    if not value.startswith("/") or not value.endswith("/") or len(value) < 3:
+        raise ValueError('must start and end with "/" and name a directory, e.g. "/chat/"')
+    if value.startswith("/api/"):
+        raise ValueError('must not be under "/api/", where the gate serves its API')
+    return value
+
+
+_declare(
+    "Gate",
+    Setting(
+        "http_listen", str, "127.0.0.1:8080",
+        "host:port of a gate's HTTP API (calls, creates, deletes and the "
+        "Server-Sent Events stream). Empty turns it off. Nodes ignore it.",
+        optional(host_port(allow_port_zero=True)),
+    ),
+    Setting(
+        "client_buffer", int, 1000,
+        "Push messages a gate holds for one client that reads slowly; past "
+        "that, new ones for the client are dropped and counted.",
+        at_least(1),
+    ),
+    Setting(
+        "sse_heartbeat", Duration, 30.0,
+        "Seconds between heartbeat comments on an idle Server-Sent Events "
+        "stream, so proxies keep it open and dead clients are noticed.",
+        positive,
+    ),
+    Setting(
+        "http_static_dir", str, "",
+        "Directory of static files a gate serves over HTTP beside its API "
+        "(a browser app then shares the API's origin). Empty serves none.",
+    ),
+    Setting(
+        "http_static_prefix", str, "/static/",
+        "URL path under which http_static_dir is served.",
+        url_prefix,
     ),
 )
 
@@ -655,6 +717,8 @@ class Settings:
         self._check_advertise()
         self._check_pair("etcd_cert", "etcd_key")
         self._check_pair("etcd_user", "etcd_password")
+        self._check_pair("tls_cert", "tls_key")
+        self._check_tls_ca()
 
     def _check_advertise(self) -> None:
         if self.advertise:
@@ -667,6 +731,12 @@ class Settings:
                 "address other nodes can reach; give the host:port they should use"
                 % (self.listen, self._sources["listen"])
             )
+
+    def _check_tls_ca(self) -> None:
+        if self._values["tls_cert"] and not self._values["tls_ca"]:
+            raise ConfigError(
+                "tls_ca must be set when tls_cert is (from %s): nodes check each "
+                "other's certificates against it" % (self._sources["tls_cert"],))
 
     def _check_pair(self, first: str, second: str) -> None:
         given = [name for name in (first, second) if self._values[name]]

@@ -27,7 +27,7 @@ import grpc
 from gevent.pool import Group
 
 from . import callctx as context
-from . import runtime
+from . import runtime, tls
 from ._pb import goverse_pb2 as pb
 from ._pb import goverse_pb2_grpc as pb_grpc
 from .activation import ObjectHost
@@ -112,6 +112,8 @@ class Node:
         # are much cheaper than a uuid per call.
         self._chain_prefix = uuid.uuid4().hex[:12]
         self._chain_ids = itertools.count(1)
+        self._channel_credentials = (tls.channel_credentials(self.settings)
+                                     if tls.enabled(self.settings) else None)
         self.stats = NodeStats()
         self.loop_monitor = LoopMonitor()
         #: The embedded admin server (goverse.admin) when admin_listen is set.
@@ -139,7 +141,8 @@ class Node:
             self._etcd, address=self.address, prefix=self.settings.etcd_prefix,
             num_shards=self.settings.num_shards, lease_ttl=self.settings.lease_ttl,
             stability_window=self.settings.stability_window, group=self._background,
-            on_release=self._evict_shards, on_lost=self._lease_lost, role=self.role)
+            on_release=self._evict_shards, on_lost=self._lease_lost, role=self.role,
+            probe=self._probe)
         self.cluster.start()
         _current_node = self
         if self.settings.admin_listen:
@@ -157,7 +160,11 @@ class Node:
         pb_grpc.add_GoverseServicer_to_server(NodeServicer(self), server)
         for add_service in self._services:
             add_service(server)
-        port = server.add_insecure_port(self.settings.listen)
+        if tls.enabled(self.settings):
+            port = server.add_secure_port(self.settings.listen,
+                                          tls.server_credentials(self.settings))
+        else:
+            port = server.add_insecure_port(self.settings.listen)
         if port == 0:
             raise GoverseError("cannot listen on %s (address in use?)" % (self.settings.listen,))
         host = self.settings.listen.rpartition(":")[0]
@@ -340,9 +347,22 @@ class Node:
             s = self.settings
             peer = PeerClient(address, group=self._background, batch_size=s.peer_batch_size,
                               max_inflight=s.peer_max_inflight,
-                              max_message_bytes=s.max_message_bytes)
+                              max_message_bytes=s.max_message_bytes,
+                              credentials=self._channel_credentials)
             self._peers[address] = peer
         return peer
+
+    def _probe(self, address: str) -> bool:
+        """Can this node reach ``address`` (TLS included)? Asked before a node gets shards."""
+        if address == self.address:
+            return True
+        try:
+            self._peer(address).status(timeout=min(2.0, self.settings.etcd_timeout))
+        except grpc.RpcError as exc:
+            log.warning("%r cannot reach node %s: %s", self, address,
+                        exc.details() if hasattr(exc, "details") else exc)
+            return False
+        return True
 
     def _close_departed_peers(self, interval: float = 5.0) -> None:
         """Close connections to nodes that left the cluster and are idle."""

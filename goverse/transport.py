@@ -221,6 +221,10 @@ class PeerClient:
     def __repr__(self) -> str:
         return "<PeerClient %s inflight=%d>" % (self.address, len(self._pending))
 
+    def status(self, timeout: float) -> pb.StatusResponse:
+        """The peer's Status over this connection (a reachability probe)."""
+        return self._stub.Status(pb.Empty(), timeout=timeout)
+
     @property
     def queue_depth(self) -> int:
         return len(self._pending)

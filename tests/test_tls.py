@@ -1,0 +1,65 @@
+"""TLS between nodes: certificates from files, and a stranger cannot join."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from google.protobuf.wrappers_pb2 import StringValue
+
+import goverse
+from goverse.testing import wait_until
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(directory, name):
+    """A CA and one certificate for 127.0.0.1 signed by it; returns the paths."""
+    directory.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", "/CN=%s-ca" % name, "-keyout", "ca.key", "-out", "ca.pem", cwd=directory)
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=%s-node" % name,
+             "-keyout", "node.key", "-out", "node.csr", cwd=directory)
+    _openssl("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-days", "2", "-extfile", "san.cnf", "-out", "node.pem",
+             cwd=directory)
+    return {"tls_cert": str(directory / "node.pem"), "tls_key": str(directory / "node.key"),
+            "tls_ca": str(directory / "ca.pem")}
+
+
+@pytest.fixture
+def certificates(tmp_path):
+    return make_ca(tmp_path / "good", "good"), make_ca(tmp_path / "other", "other")
+
+
+def test_nodes_with_certificates_from_one_ca_call_each_other(make_node, certificates):
+    good, _ = certificates
+    first = make_node(num_shards=64, **good)
+    second = make_node(num_shards=64, **good)
+    wait_until(lambda: first.cluster.is_settled() and len(first.cluster.state.nodes) == 2, 20)
+    answer = first.call_object("Counter", "%s/tls" % second.address, "Where", StringValue(),
+                               timeout=5)
+    assert answer.value == second.address
+
+
+def test_node_without_the_right_certificate_gets_no_shards(make_node, certificates):
+    good, other = certificates
+    first = make_node(num_shards=64, **good)
+    stranger = make_node(num_shards=64, wait_ready=False, **other)
+    wait_until(lambda: stranger.address in first.cluster.state.nodes, 10)
+
+    # The leader probes new nodes before giving them shards: the stranger's
+    # certificate is not signed by the cluster's CA, so the probe fails.
+    wait_until(lambda: first.cluster._probed_at.get(stranger.address), 10)
+    assert first.cluster._reachable.get(stranger.address) is False
+    owners = {v.owner for v in first.cluster.state.shards}
+    assert owners == {first.address}
+
+    # The stranger cannot reach the cluster's nodes either (the handshake
+    # fails), so its calls fail fast rather than hang.
+    with pytest.raises((goverse.PeerUnavailable, goverse.CallTimeout)):
+        stranger.call_object("Counter", "%s/x" % first.address, "Where", StringValue(),
+                             timeout=2)
