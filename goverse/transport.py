@@ -294,18 +294,34 @@ class PeerClient:
     def _stream_ended(self, outbox: Queue, error: Exception | None) -> None:
         if self._outbox is outbox:
             self._outbox = None
+        unsent = self._drain_unsent(outbox)
         outbox.put(_END)
         reason = error.details() if isinstance(error, grpc.RpcError) else "stream closed"
         failure = self._failure(error, reason)
+        # Requests still in the outbox never reached gRPC, so they surely
+        # did not run: callers may send them to the shard's next owner.
+        never_sent = PeerUnreachable("connection to %s failed before the request was "
+                                     "sent: %s" % (self.address, reason))
         pending, self._pending = self._pending, {}
-        for waiter in pending.values():
-            waiter.set_exception(failure)
+        for tag, waiter in pending.items():
+            waiter.set_exception(never_sent if tag in unsent else failure)
         self.statistics["failed"] += len(pending)
         if self._closed and not pending:
             log.debug("stream to %s closed", self.address)
         elif pending or error is not None:
             log.warning("stream to %s ended (%s); %d requests failed",
                         self.address, reason, len(pending))
+
+    @staticmethod
+    def _drain_unsent(outbox: Queue) -> set[int]:
+        tags = set()
+        while True:
+            try:
+                item = outbox.get_nowait()
+            except QueueEmpty:
+                return tags
+            if item is not _END:
+                tags.add(item.tag)
 
     def _failure(self, error: Exception | None, reason: str) -> PeerUnavailable:
         # A stream that never carried an answer and ended because the
