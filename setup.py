@@ -35,6 +35,9 @@ setup(
     extras_require={
         "test": TEST_REQUIRES,
         "dev": TEST_REQUIRES + ["ruff"],
+        # python -m bench: Ray is the baseline of the create and ray-call
+        # scenarios, py-spy profiles the nodes of a scenario that misses its goal.
+        "bench": ["ray>=2.9,<3", "py-spy>=0.3,<1"],
         # Span context propagation between nodes is used when present.
         "otel": ["opentelemetry-api>=1.20,<2"],
     },
