@@ -243,6 +243,11 @@ class Node:
         if self._server is not None:
             self._server.stop(grace=1).wait(2)
 
+    @property
+    def stopping(self) -> bool:
+        """True from the moment ``stop()`` begins."""
+        return self._stopping
+
     def uptime(self) -> float:
         return time.monotonic() - self.started_at
 

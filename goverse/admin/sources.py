@@ -130,9 +130,9 @@ class LocalSource:
     def health(self) -> str | None:
         """None when the node can answer, else why not."""
         node = self.node
-        # NOTE: ``_stopping`` turns on when stop() begins, long before
+        # NOTE: ``stopping`` turns on when stop() begins, long before
         # ``stopped``: a load balancer must stop sending during the drain.
-        if node.stopped or node._stopping:
+        if node.stopped or node.stopping:
             return "node %s is stopping" % (node.address,)
         if not node.loop_monitor.responsive(STALL_LIMIT):
             return "event loop of node %s has not run for over %.3gs" % (
