@@ -153,6 +153,11 @@ def spawn_in_copy(group: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any)
     return group.spawn(run_in_copy(fn), *args, **kwargs)
 
 
+def spawn_fresh(group: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """Spawn ``fn`` in ``group`` in an empty context (it installs its own)."""
+    return group.spawn(contextvars.Context().run, fn, *args)
+
+
 # ---- the wire form --------------------------------------------------------
 
 #: gRPC metadata keys that carry the context between processes.

@@ -126,6 +126,8 @@ class Cluster:
         self._stopping = False
         self._leaving = False
         self._lease_tainted = False
+        self._last_step: tuple[Any, ...] = ()
+        self._last_step_at = 0.0
         self._unclaimed_since: dict[int, float] = {}
         #: Seconds a target may leave a shard unclaimed before the leader
         #: gives the shard to another node.
@@ -494,14 +496,20 @@ class Cluster:
                 backoff = 0.1
             except GoverseError as exc:
                 log.warning("%r control step failed: %s", self, exc)
-                gevent.sleep(backoff + random.random() * backoff)
-                backoff = min(backoff * 2, 2.0)
+            except Exception:
+                # A bug here must not end the loop: the node would never
+                # claim or release a shard again.
+                log.exception("%r control step failed", self)
+            else:
+                continue
+            gevent.sleep(backoff + random.random() * backoff)
+            backoff = min(backoff * 2, 2.0)
 
     def _control_step(self) -> None:
         if not self.serving():
             self._check_lease_deadline()
             return
-        if self.role != "node":
+        if self.role != "node" or not self._worth_a_step():
             return
         if self.state.leader is None and not self._leaving:
             self._campaign()
@@ -509,6 +517,21 @@ class Cluster:
             self._assign()
         self._claim()
         self._release()
+
+    def _worth_a_step(self) -> bool:
+        """Skip walking every shard when nothing changed since the last step.
+
+        The view's revision and this node's own claims cover every input of
+        a step; the timers (stability window, claim timeout) are covered by
+        a full step at least every second.
+        """
+        now = time.monotonic()
+        marker = (self.state.revision, len(self.owned), self._leaving, self.lease_id)
+        if marker == self._last_step and now - self._last_step_at < 1.0:
+            return False
+        self._last_step = marker
+        self._last_step_at = now
+        return True
 
     def _campaign(self) -> None:
         key = self._key("leader")
@@ -626,16 +649,25 @@ class Cluster:
             self.releasing -= moving
 
     def _delete_owner_keys(self, moving: set[int]) -> None:
-        items = sorted(moving)
+        # Shards lost meanwhile (a lease problem) are no longer ours to delete.
+        items = sorted((s, self.owned[s]) for s in moving if s in self.owned)
         for start in range(0, len(items), TXN_BATCH):
-            batch = items[start:start + TXN_BATCH]
-            compare = [cmp_mod_revision(self._owner_key(s), "==", self.owned[s]) for s in batch]
-            result = self.client.txn(compare, [op_delete(self._owner_key(s)) for s in batch])
-            for shard in batch:
-                self.owned.pop(shard, None)
-            if result.succeeded:
-                self.statistics["releases"] += len(batch)
+            self._delete_batch(items[start:start + TXN_BATCH])
         log.info("%r released %d shards", self, len(items))
+
+    def _delete_batch(self, batch: list[tuple[int, int]]) -> None:
+        compare = [cmp_mod_revision(self._owner_key(s), "==", epoch) for s, epoch in batch]
+        result = self.client.txn(compare, [op_delete(self._owner_key(s)) for s, _ in batch])
+        if not result.succeeded and len(batch) > 1:
+            # One key changed under us: release the others one by one, or
+            # their owner keys would stay behind on our lease.
+            for item in batch:
+                self._delete_batch([item])
+            return
+        for shard, _ in batch:
+            self.owned.pop(shard, None)
+        if result.succeeded:
+            self.statistics["releases"] += len(batch)
 
     def check_alive(self) -> None:
         if self._stopping:

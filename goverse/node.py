@@ -260,6 +260,10 @@ class Node:
         """A background greenlet owned by the node, in a copy of this context."""
         return context.spawn_in_copy(self._background, fn, *args)
 
+    def spawn_request(self, fn: Callable[..., Any], *args: Any) -> gevent.Greenlet:
+        """A greenlet serving a request from another node, in an empty context."""
+        return context.spawn_fresh(self._calls, fn, *args)
+
     def spawn_detached(self, fn: Callable[..., Any], *args: Any) -> gevent.Greenlet:
         """A call-serving greenlet owned by the node, in a copy of this context."""
         return context.spawn_in_copy(self._calls, fn, *args)

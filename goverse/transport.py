@@ -131,7 +131,8 @@ class NodeServicer(pb_grpc.GoverseServicer):
         try:
             for batch in request_iterator:
                 for request in batch.requests:
-                    self.node.spawn_detached(self._answer, request, answers)
+                    # The request brings its own context: nothing to copy.
+                    self.node.spawn_request(self._answer, request, answers)
         except grpc.RpcError as exc:
             log.debug("peer stream to %s ended: %s", self.node.address, exc)
         finally:
