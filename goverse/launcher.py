@@ -53,6 +53,11 @@ def _run(argv: list[str]) -> int:
 
     node = Node(settings)
     _install_activation_log(node, os.environ.get("GOVERSE_TEST_ACTIVATION_LOG"))
+    if os.environ.get("GOVERSE_TEST_FAULTS") == "1":
+        # Test hook: SIGUSR1 cuts the node's peer connections, SIGUSR2
+        # restores them (the etcd lease stays alive throughout).
+        gevent.signal_handler(signal.SIGUSR1, node.set_partitioned, True)
+        gevent.signal_handler(signal.SIGUSR2, node.set_partitioned, False)
     try:
         node.start(wait_ready=False)
     except GoverseError as exc:

@@ -97,6 +97,7 @@ class Node:
         self.started_at = time.monotonic()
         self.stopped = False
         self._stopping = False
+        self.partitioned = False
         self._activation_hook = activation_hook
         self._peers: dict[str, PeerClient] = {}
         self._server: grpc.Server | None = None
@@ -243,6 +244,21 @@ class Node:
         if self._server is not None:
             self._server.stop(grace=1).wait(2)
 
+    def set_partitioned(self, on: bool) -> None:
+        """Fault injection for tests: cut (or restore) every peer connection.
+
+        While on, the node refuses peer streams and sends no peer requests;
+        its etcd lease stays alive, so it keeps its shards: the case of a
+        node that etcd can see but its peers cannot.
+        """
+        self.partitioned = on
+        log.warning("%r peer connections %s (fault injection)", self,
+                    "cut" if on else "restored")
+        if on:
+            for peer in list(self._peers.values()):
+                peer.close()
+            self._peers.clear()
+
     @property
     def stopping(self) -> bool:
         """True from the moment ``stop()`` begins."""
@@ -351,6 +367,9 @@ class Node:
             self.cluster.wait_changed(min(left, _ROUTE_POLL))
 
     def _peer(self, address: str) -> PeerClient:
+        if self.partitioned:
+            raise PeerUnreachable("%s cannot reach %s (partition fault injected)" % (
+                self.address, address))
         peer = self._peers.get(address)
         if peer is None:
             s = self.settings

@@ -110,6 +110,9 @@ class NodeServicer(pb_grpc.GoverseServicer):
 
     def PeerStream(self, request_iterator: Iterator[pb.PeerBatch],
                    ctx: grpc.ServicerContext) -> Iterator[pb.PeerResponseBatch]:
+        if self.node.partitioned:
+            ctx.abort(grpc.StatusCode.UNAVAILABLE,
+                      "%s refuses peers (partition fault injected)" % (self.node.address,))
         answers: Queue = Queue()
         reader = self.node.spawn(self._read_requests, request_iterator, answers)
         try:
@@ -130,6 +133,8 @@ class NodeServicer(pb_grpc.GoverseServicer):
     def _read_requests(self, request_iterator: Iterator[pb.PeerBatch], answers: Queue) -> None:
         try:
             for batch in request_iterator:
+                if self.node.partitioned:
+                    break
                 for request in batch.requests:
                     # The request brings its own context: nothing to copy.
                     self.node.spawn_request(self._answer, request, answers)
