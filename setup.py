@@ -42,6 +42,9 @@ setup(
         "otel": ["opentelemetry-api>=1.20,<2"],
     },
     entry_points={
-        "console_scripts": ["goverse-node=goverse.launcher:main"],
+        "console_scripts": [
+            "goverse-node=goverse.launcher:main",
+            "goverse-gate=goverse.gate.launcher:main",
+        ],
     },
 )

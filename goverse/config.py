@@ -831,8 +831,9 @@ def build_arg_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         allow_abbrev=False,
-        description="Run a goverse node. Flags override GOVERSE_* environment "
-        "variables, which override the --config file.",
+        description="Run a %s. Flags override GOVERSE_* environment variables, "
+        "which override the --config file." % (
+            "goverse gate" if prog.endswith("gate") else "goverse node"),
     )
     parser.add_argument(
         "--config", metavar="PATH", default=None,
