@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from gevent.queue import Full, Queue
+from gevent.queue import Empty, Full, Queue
 
 from ._pb import goverse_pb2 as pb
 from .errors import InvalidObjectId
@@ -55,7 +55,12 @@ class GateLinks:
         log.info("gate %s connected for pushes", gate)
         try:
             while is_active():
-                item = queue.get()
+                # Wake up every second to notice a gate that went away
+                # without a word (its pushes then count as undeliverable).
+                try:
+                    item = queue.get(timeout=1.0)
+                except Empty:
+                    continue
                 if item is _CLOSE:
                     return
                 yield item
