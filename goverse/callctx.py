@@ -210,7 +210,7 @@ def decode_values(raw: bytes | str) -> dict[str, Any]:
         return {}
     try:
         values = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         log.warning("dropping undecodable goverse context: %s", exc)
         return {}
     if not isinstance(values, dict):

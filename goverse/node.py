@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 import gevent
 import grpc
 from gevent.pool import Group
+from google.protobuf.message import Message
 
 from . import callctx as context
 from . import runtime, tls
@@ -43,6 +44,9 @@ from .errors import (
     PeerUnreachable,
     OperationCancelled,
     ShardMoved,
+    UnknownMethod,
+    UnknownObjectType,
+    WrongMessageType,
     error_kind,
 )
 from .etcd import EtcdClient
@@ -292,6 +296,10 @@ class Node:
         if self._stopping or self.cluster is None:
             self._check_running()
         validate_id(object_id)
+        if type(type_name) is not str or type(method) is not str \
+                or not isinstance(request, Message) \
+                or not (type_name.isascii() and method.isascii()):
+            _check_call_arguments(self.registry, type_name, method, request)
         place = placement(object_id, self._num_shards)
         scope = self._enter_call(timeout)
         try:
@@ -488,12 +496,12 @@ class Node:
 
     def handle_peer_request(self, request: pb.PeerRequest) -> pb.PeerResponse:
         """Serve one request from another node; errors become the answer."""
-        context.enter(context.decode_values(request.context), chain=request.chain,
-                      timeout=request.timeout, caller=request.caller or None)
-        if request.client_id:
-            context.context["client_id"] = request.client_id
         answer = pb.PeerResponse(tag=request.tag, id=request.id)
         try:
+            context.enter(context.decode_values(request.context), chain=request.chain,
+                          timeout=request.timeout, caller=request.caller or None)
+            if request.client_id:
+                context.context["client_id"] = request.client_id
             self._serve_peer_op(request, answer)
         except GoverseError as exc:
             answer.error_kind = type(exc).__name__
@@ -690,6 +698,29 @@ class Node:
                 "objects": len(self.host), "calls_served": self.host.calls_served,
                 "pending_operations": len(self._detached),
                 "peers": self.peer_queue_depths(), "cluster": view}
+
+
+def _check_call_arguments(registry: TypeRegistry, type_name: Any, method: Any,
+                          request: Any) -> None:
+    """Refuse what no node could serve, before it is packed for the wire."""
+    for role, value, error in (("type", type_name, UnknownObjectType),
+                               ("method", method, UnknownMethod)):
+        if not isinstance(value, str):
+            raise error("object %s must be a str, got %s %r" % (
+                role, type(value).__name__, value))
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise error("object %s %r is not valid UTF-8 text" % (role, value)) from None
+    if isinstance(request, Message):
+        return
+    expected = "a protobuf message"
+    cls = registry.find(type_name)
+    if cls is not None and method in cls._goverse_methods:
+        spec = cls._goverse_methods[method][0]
+        expected = spec.request_type.DESCRIPTOR.full_name
+    raise WrongMessageType("%s.%s takes %s, got %s" % (
+        type_name, method, expected, type(request).__name__))
 
 
 def _trace() -> str:

@@ -20,7 +20,7 @@ MAX_ID_BYTES = 1024
 
 _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-_]+):(\d{1,5})$")
 _SHARD_FORM = re.compile(r"^shard#([^/]*)/")
 

@@ -115,9 +115,10 @@ class NodeServicer(pb_grpc.GoverseServicer):
                       "%s refuses peers (partition fault injected)" % (self.node.address,))
         answers: Queue = Queue()
         reader = self.node.spawn(self._read_requests, request_iterator, answers)
+        settings = self.node.settings
         try:
-            yield from _batches(answers, self.node.settings.peer_batch_size,
-                                pb.PeerResponseBatch, "responses")
+            yield from _batches(answers, settings.peer_batch_size, pb.PeerResponseBatch,
+                                "responses", settings.max_message_bytes)
         finally:
             reader.kill(block=False)
 
@@ -131,13 +132,18 @@ class NodeServicer(pb_grpc.GoverseServicer):
         yield from self.node.gate_links.stream(request.gate_addr, ctx.is_active)
 
     def _read_requests(self, request_iterator: Iterator[pb.PeerBatch], answers: Queue) -> None:
+        answering: set[gevent.Greenlet] = set()
         try:
             for batch in request_iterator:
                 if self.node.partitioned:
                     break
                 for request in batch.requests:
                     # The request brings its own context: nothing to copy.
-                    self.node.spawn_request(self._answer, request, answers)
+                    greenlet = self.node.spawn_request(self._answer, request, answers)
+                    answering.add(greenlet)
+                    greenlet.link(answering.discard)
+            # The caller closed its side: it still waits for the answers.
+            gevent.joinall(list(answering))
         except grpc.RpcError as exc:
             log.debug("peer stream to %s ended: %s", self.node.address, exc)
         finally:
@@ -151,14 +157,14 @@ def _unary(ctx: grpc.ServicerContext, run: Any, client_id: str = "") -> Any:
     """Run a unary handler inside the caller's context; map errors to statuses."""
     metadata = dict(ctx.invocation_metadata() or ())
     timeout = ctx.time_remaining()
-    context.enter(
-        context.decode_values(metadata.get(context.METADATA_VALUES, "")),
-        chain=metadata.get(context.METADATA_CHAIN) or None,
-        timeout=timeout if timeout is not None and timeout < 1e6 else None,
-        caller=metadata.get(context.METADATA_CALLER) or None)
-    if client_id:
-        context.context["client_id"] = client_id
     try:
+        context.enter(
+            context.decode_values(metadata.get(context.METADATA_VALUES, "")),
+            chain=metadata.get(context.METADATA_CHAIN) or None,
+            timeout=timeout if timeout is not None and timeout < 1e6 else None,
+            caller=metadata.get(context.METADATA_CALLER) or None)
+        if client_id:
+            context.context["client_id"] = client_id
         return run()
     except GoverseError as exc:
         ctx.set_trailing_metadata(((ERROR_KIND_METADATA, type(exc).__name__),))
@@ -169,13 +175,22 @@ def _unary(ctx: grpc.ServicerContext, run: Any, client_id: str = "") -> Any:
         ctx.abort(grpc.StatusCode.INTERNAL, "%s: %s" % (type(exc).__name__, exc))
 
 
-def _batches(queue: Queue, limit: int, batch_type: Any, field: str) -> Iterator[Any]:
-    """Drain ``queue`` into frames of up to ``limit`` items until ``_END``."""
+def _batches(queue: Queue, limit: int, batch_type: Any, field: str,
+             max_bytes: int) -> Iterator[Any]:
+    """Drain ``queue`` into frames of up to ``limit`` items until ``_END``.
+
+    A frame also stays under ``max_bytes`` (the peer refuses larger
+    messages): an item that would overflow it opens the next frame.
+    """
+    budget = max_bytes - 1024  # room for the frame's own framing
+    carry = None
     while True:
-        item = queue.get()
+        item = carry if carry is not None else queue.get()
+        carry = None
         if item is _END:
             return
         items = [item]
+        size = item.ByteSize()
         ended = False
         while len(items) < limit:
             try:
@@ -185,7 +200,12 @@ def _batches(queue: Queue, limit: int, batch_type: Any, field: str) -> Iterator[
             if item is _END:
                 ended = True
                 break
+            item_size = item.ByteSize()
+            if size + item_size > budget:
+                carry = item
+                break
             items.append(item)
+            size += item_size
         yield batch_type(**{field: items})
         if ended:
             return
@@ -276,7 +296,8 @@ class PeerClient:
     def _open_and_receive(self, outbox: Queue) -> None:
         try:
             responses = self._stub.PeerStream(
-                _batches(outbox, self._batch_size, pb.PeerBatch, "requests"))
+                _batches(outbox, self._batch_size, pb.PeerBatch, "requests",
+                         self._max_message_bytes))
         except grpc.RpcError as exc:
             self._stream_ended(outbox, exc)
             return

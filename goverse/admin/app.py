@@ -225,8 +225,9 @@ def _int_param(query: dict[str, list[str]], name: str, default: int, low: int,
     if not values or values[0] == "":
         return default
     text = values[0]
-    if not (text.isascii() and text.isdigit()):
-        raise HTTPError(400, "query parameter %s must be a whole number, got %r" % (name, text))
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise HTTPError(400, "query parameter %s must be a whole number below 10**18, "
+                        "got %r" % (name, text[:40]))
     value = int(text)
     if value < low or (high is not None and value > high):
         raise HTTPError(400, "query parameter %s must be between %d and %s, got %d" % (

@@ -353,11 +353,6 @@ def test_abandoned_gate_registrations_do_not_starve_the_server(etcd_endpoint, tm
 # ---- known failures -------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "NodeServicer._read_requests puts the end marker as soon as the client "
-    "half-closes, without waiting for the _answer greenlets it spawned: the "
-    "stream ends with status OK and the answers of requests still running are "
-    "dropped, although the requests do run"))
 def test_half_closed_stream_answers_requests_in_flight(fuzz_cluster):
     address = fuzz_cluster.node.address
     slow_id = "%s/half-closed-%s" % (address, uuid.uuid4().hex[:8])
@@ -376,11 +371,6 @@ def test_half_closed_stream_answers_requests_in_flight(fuzz_cluster):
 DEEP_JSON = "[" * 5000
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "callctx.decode_values catches ValueError and UnicodeDecodeError only: deeply "
-    "nested JSON raises RecursionError, and Node.handle_peer_request calls "
-    "context.enter before its try block, so the _answer greenlet dies and the "
-    "request never gets an answer (the caller waits for its whole deadline)"))
 @pytest.mark.parametrize("target", [0, 1], ids=["process", "in-process"])
 def test_deeply_nested_context_on_peer_stream_is_answered(fuzz_cluster, target):
     address = fuzz_cluster.addresses[target]
@@ -390,11 +380,6 @@ def test_deeply_nested_context_on_peer_stream_is_answered(fuzz_cluster, target):
     assert_answered([request], result)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "transport._unary decodes the goverse-context metadata before its try "
-    "block and decode_values lets RecursionError through: deeply nested JSON "
-    "makes the RPC fail with UNKNOWN 'Exception calling application' (and an "
-    "ERROR traceback) instead of dropping the context like other garbage"))
 @pytest.mark.parametrize("target", [0, 1], ids=["process", "in-process"])
 def test_deeply_nested_context_metadata_is_dropped(fuzz_cluster, target):
     address = fuzz_cluster.addresses[target]

@@ -172,13 +172,6 @@ def test_request_that_is_not_a_message_is_refused_here(guard, request_value):
     assert object_id not in guard.object_ids()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Node._call_remote packs the request and builds a PeerRequest without "
-    "checking the arguments: for an object on another node a request that is "
-    "not a protobuf message raises AttributeError from protobuf, a type or "
-    "method name that is not a str raises TypeError, and a type name with a lone "
-    "surrogate raises UnicodeEncodeError, where the same calls to a local object "
-    "raise WrongMessageType, UnknownObjectType or UnknownMethod"))
 @pytest.mark.parametrize("args", [
     ("Counter", "Add", None), ("Counter", "Add", {"value": 1}), ("Counter", "Add", b"\x08\x01"),
     (123, "Add", Int64Value(value=1)), ("Counter", 123, Int64Value(value=1)),
@@ -232,11 +225,6 @@ def test_oversized_call_to_remote_object_is_message_too_large(guard):
     node.delete_object(object_id, wait=True)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "transport._batches packs up to peer_batch_size requests into one PeerBatch "
-    "without a byte budget: concurrent calls that are each below "
-    "max_message_bytes make a frame above it, gRPC refuses the frame, the whole "
-    "stream breaks and every call on it fails with PeerUnavailable"))
 def test_concurrent_calls_below_the_limit_succeed(fuzz_cluster):
     node = fuzz_cluster.node
     ids = [fuzz_cluster.id_owned_by(fuzz_cluster.proc.address, "batch") for _ in range(4)]
