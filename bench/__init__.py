@@ -18,4 +18,6 @@ SCENARIOS = {
     "memory": "bench.memory",
     "failover": "bench.failover",
     "admin": "bench.admin",
+    "gate-call": "bench.gate_call",
+    "push-fanout": "bench.push_fanout",
 }
