@@ -80,6 +80,7 @@ class Client:
         self.reconnect = reconnect
         self._current = 0
         self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, gate_grpc.GateServiceStub] = {}
         self._client_id: str | None = None
         self._stream: Any = None
         self._receiver: threading.Thread | None = None
@@ -167,11 +168,12 @@ class Client:
             rpc, "; ".join(failures)))
 
     def _stub(self, address: str) -> gate_grpc.GateServiceStub:
-        channel = self._channels.get(address)
-        if channel is None:
+        stub = self._stubs.get(address)
+        if stub is None:
             channel = self._channels[address] = grpc.insecure_channel(
                 address, options=CHANNEL_OPTIONS)
-        return gate_grpc.GateServiceStub(channel)
+            stub = self._stubs[address] = gate_grpc.GateServiceStub(channel)
+        return stub
 
     def _fail_over(self, failed: str) -> None:
         if self.address == failed and len(self.addresses) > 1:
