@@ -68,7 +68,14 @@ class Client:
     """A connection to a goverse cluster through its gates."""
 
     def __init__(self, addresses: Sequence[str] | str, *, timeout: float = 10.0,
-                 reconnect: bool = True) -> None:
+                 reconnect: bool = True, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
+        """Connect to the first reachable gate of ``addresses``.
+
+        With ``tls_ca`` the connection uses TLS, checking the gate's
+        certificate against that CA file; ``tls_cert``/``tls_key`` add a
+        client certificate for gates that require one.
+        """
         if isinstance(addresses, str):
             addresses = [addresses]
         if not addresses:
@@ -81,6 +88,7 @@ class Client:
         self._current = 0
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[str, gate_grpc.GateServiceStub] = {}
+        self._credentials = _credentials(tls_ca, tls_cert, tls_key)
         self._client_id: str | None = None
         self._stream: Any = None
         self._receiver: threading.Thread | None = None
@@ -170,8 +178,12 @@ class Client:
     def _stub(self, address: str) -> gate_grpc.GateServiceStub:
         stub = self._stubs.get(address)
         if stub is None:
-            channel = self._channels[address] = grpc.insecure_channel(
-                address, options=CHANNEL_OPTIONS)
+            if self._credentials is not None:
+                channel = grpc.secure_channel(address, self._credentials,
+                                              options=CHANNEL_OPTIONS)
+            else:
+                channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._channels[address] = channel
             stub = self._stubs[address] = gate_grpc.GateServiceStub(channel)
         return stub
 
@@ -315,6 +327,24 @@ class Client:
         if self._receiver is not None and self._receiver is not threading.current_thread():
             self._receiver.join(timeout=5)
         self._inbox.put(_CLOSED)
+
+
+def _credentials(ca: str | None, cert: str | None,
+                 key: str | None) -> grpc.ChannelCredentials | None:
+    if not ca:
+        if cert or key:
+            raise ValueError("a client certificate needs tls_ca as well")
+        return None
+    if bool(cert) != bool(key):
+        raise ValueError("tls_cert and tls_key must be given together")
+
+    def read(path: str | None) -> bytes | None:
+        if not path:
+            return None
+        with open(path, "rb") as handle:
+            return handle.read()
+    return grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key),
+                                        certificate_chain=read(cert))
 
 
 def _pack(message: Any) -> any_pb2.Any:

@@ -62,3 +62,31 @@ def test_node_without_the_right_certificate_gets_no_shards(make_node, certificat
     with pytest.raises((goverse.PeerUnavailable, goverse.CallTimeout)):
         stranger.call_object("Counter", "%s/x" % first.address, "Where", StringValue(),
                              timeout=2)
+
+
+def test_client_reaches_a_gate_over_tls(make_node, certificates, cluster_prefix,
+                                        etcd_endpoint):
+    from goverse.client import Client
+    from goverse.gate import Gate
+    from google.protobuf.wrappers_pb2 import Int64Value
+
+    good, other = certificates
+    node = make_node(num_shards=64, **good)
+    # The gate shows the cluster's certificate to clients but asks none of
+    # them for one (outside clients have no certificate of the cluster's CA).
+    gate = Gate(goverse.Settings.from_mapping(dict(
+        good, tls_client_auth=False, etcd_endpoints=[etcd_endpoint],
+        etcd_prefix=cluster_prefix, listen="127.0.0.1:0", http_listen="",
+        num_shards=64, stability_window=0.2))).start()
+    try:
+        wait_until(lambda: node.cluster.is_settled(), 20)
+        with Client([gate.address], tls_ca=good["tls_ca"], timeout=5) as client:
+            answer = client.call("Counter", "tls-counter", "Add", Int64Value(value=4),
+                                 response_type=Int64Value)
+            assert answer.value == 4
+        # A client that trusts another CA refuses the gate's certificate.
+        with Client([gate.address], tls_ca=other["tls_ca"], timeout=2) as stranger:
+            with pytest.raises(goverse.GoverseError):
+                stranger.call("Counter", "tls-counter", "Add", Int64Value(value=1))
+    finally:
+        gate.stop()
