@@ -111,14 +111,20 @@ class ObjectHost:
         on_activation: Callable[[BaseObject, str], None] | None = None,
         default_timeout: float = 30.0,
         stats: Any = None,
+        owner: Any = None,
     ) -> None:
         self.registry = registry
+        #: The node these objects belong to (what goverse.call_object uses
+        #: from inside their methods).
+        self.owner = owner
         self.stats = stats
         self.objects: dict[str, BaseObject] = {}
         self._accepts = accepts
         self._on_activation = on_activation
         self._default_timeout = default_timeout
         self.calls_served = 0
+        #: Method calls executing right now (a stopping node waits for them).
+        self.running = 0
 
     def __len__(self) -> int:
         return len(self.objects)
@@ -156,6 +162,7 @@ class ObjectHost:
             raise NotOwner("this node does not accept new objects in shard %s (for %r)" % (
                 shard, object_id))
         obj = _instantiate(cls, type_name, object_id, shard)
+        obj._gv_node = self.owner
         chain = context.ensure_call_chain()
 
         # NOTE: the object is visible in ``objects`` while on_created runs,
@@ -250,6 +257,7 @@ class ObjectHost:
     def _invoke(self, obj: BaseObject, spec: Any, func: Any, message: Any) -> Any:
         obj._gv_calls += 1
         self.calls_served += 1
+        self.running += 1
         token = context._current_object.set(obj)
         try:
             response = func(obj, message)
@@ -261,6 +269,7 @@ class ObjectHost:
                 obj, spec.name, type(exc).__name__, exc)) from exc
         finally:
             context._current_object.reset(token)
+            self.running -= 1
         if type(response) is spec.response_type:
             return response
         return spec.check_response(response, repr(obj))

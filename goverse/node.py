@@ -66,7 +66,15 @@ _current_node: Node | None = None
 
 
 def current_node() -> Node:
-    """The node started last in this process (the module-level API uses it)."""
+    """The node the module-level API uses.
+
+    Inside an object's method or hook it is the node hosting that object;
+    elsewhere, the node started last in this process.
+    """
+    running = context._current_object.get()
+    node = getattr(running, "_gv_node", None)
+    if node is not None and not node.stopped:
+        return node
     if _current_node is None or _current_node.stopped:
         raise NodeStopped("no goverse node is running in this process; start one "
                           "with goverse.Node(...).start()")
@@ -126,7 +134,7 @@ class Node:
         self.host = ObjectHost(self.registry, accepts=self._accepts,
                                on_activation=self._on_activation,
                                default_timeout=self.settings.call_timeout,
-                               stats=self.stats)
+                               stats=self.stats, owner=self)
 
     def __repr__(self) -> str:
         return repr(self.cluster) if self.cluster is not None else "Node<%s>" % self.address
@@ -215,6 +223,7 @@ class Node:
         if self.cluster is not None:
             self.cluster.hand_over(deadline)
         self._calls.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._wait_for_running_calls(deadline)
         self._cancel_detached()
         self.gate_links.close()
         if self.cluster is not None:
@@ -231,6 +240,13 @@ class Node:
             self._embedded_etcd.stop()
         self.stopped = True
         log.info("node %s stopped", self.address)
+
+    def _wait_for_running_calls(self, deadline: float) -> None:
+        """Let methods still executing here (local callers' too) finish."""
+        while self.host.running and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        if self.host.running:
+            log.warning("%r stops with %d calls still running", self, self.host.running)
 
     def _cancel_detached(self) -> None:
         pending = len(self._detached)
@@ -672,9 +688,17 @@ class Node:
             self._activation_hook(obj, event)
 
     def _check_running(self) -> None:
-        if self._stopping or self.cluster is None:
-            raise NodeStopped("node %s is %s" % (
-                self.address, "stopping" if self._stopping else "not started"))
+        """Refuse new work once stopping, but let calls in progress finish theirs.
+
+        During the grace period a method still running may call other
+        objects (or create and delete them): refusing those would fail the
+        very calls the grace period is for. Work from outside any call is
+        refused at once.
+        """
+        if self.cluster is None:
+            raise NodeStopped("node %s is not started" % (self.address,))
+        if self._stopping and (self.stopped or context.call_chain() is None):
+            raise NodeStopped("node %s is stopping" % (self.address,))
 
     # ---- push --------------------------------------------------------------
 

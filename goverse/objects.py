@@ -126,7 +126,8 @@ class BaseObject:
 
     # Runtime state lives in slots: objects are many and mostly idle.
     __slots__ = ("_gv_id", "_gv_type", "_gv_created", "_gv_holder", "_gv_depth",
-                 "_gv_waiters", "_gv_dead", "_gv_shard", "_gv_calls", "__dict__")
+                 "_gv_waiters", "_gv_dead", "_gv_shard", "_gv_calls", "_gv_node",
+                 "__dict__")
 
     _goverse_type: str = ""
     _goverse_methods: dict[str, tuple[MethodSpec, Callable[..., Any]]] = {}

@@ -38,6 +38,12 @@ class Hop(goverse.BaseObject):
                                    timeout=1.5)
 
     @goverse.method
+    def SlowRelay(self, request: StringValue) -> StringValue:
+        """Work a second inside the turn, then call out (while a stop may begin)."""
+        gevent.sleep(1.0)
+        return goverse.call_object("Hop", request.value, "Echo", StringValue(value=self.id))
+
+    @goverse.method
     def Hold(self, request: Int64Value) -> Int64Value:
         gevent.sleep(request.value / 1000.0)
         return request

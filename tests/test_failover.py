@@ -39,6 +39,12 @@ from goverse.etcd import EtcdClient
 from goverse.etcd_server import EtcdServer
 from goverse.sharding import placement
 from goverse.testing import NodeProcess, wait_until
+from tests.faults.harness import (
+    activation_intervals,
+    double_activations,
+    etcd_shard_owners,
+    read_activation_log,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -242,20 +248,6 @@ def direct_total(proc: NodeProcess, object_id: str) -> int | None:
     return value.value
 
 
-def etcd_shard_owners(endpoint: str, prefix: str) -> tuple[set[str], dict[int, str]]:
-    """Live node keys and shard owners as etcd itself holds them."""
-    with EtcdClient([endpoint], timeout=2.0) as client:
-        kvs, _ = client.get_prefix(prefix + "/")
-    nodes, owners = set(), {}
-    for kv in kvs:
-        parts = kv.key[len(prefix) + 1:].split("/")
-        if parts[0] == "nodes":
-            nodes.add(parts[1])
-        elif parts[0] == "shards" and parts[2] == "owner":
-            owners[int(parts[1])] = kv.value.decode()
-    return nodes, owners
-
-
 class CallLoad:
     """Greenlets calling ``Counter.Add`` on random ids until stopped.
 
@@ -312,84 +304,6 @@ class CallLoad:
         first = self.failures[0] if self.failures else None
         return "%d failed calls by kind %s; first: %r" % (
             len(self.failures), dict(kinds), first)
-
-
-# -- the activation log -------------------------------------------------------
-
-
-#: ``(monotonic ns, node, "activate" or "deactivate", epoch, object id)``
-LogLine = tuple[int, str, str, int, str]
-
-#: ``(start ns, end ns, node)``: one node held one id active in between.
-Span = tuple[int, int, str]
-
-
-def read_activation_log(path: str) -> list[LogLine]:
-    events = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            stamp, node, event, epoch, object_id = line.split()
-            assert event in ("activate", "deactivate"), line
-            events.append((int(stamp), node, event, int(epoch), object_id))
-    events.sort()
-    return events
-
-
-def activation_intervals(events: list[LogLine],
-                         ends: dict[str, list[int]]) -> dict[str, list[Span]]:
-    """Per id, the ``(start, end, node)`` spans during which a node held it active.
-
-    A node that was SIGKILLed writes no deactivation: ``ends`` gives, per
-    node address, the times its process was known dead (or frozen), and an
-    activation still open then ends there. A later incarnation on the same
-    address starts fresh after that time; a frozen node that resumes may
-    still write the deactivation of a span that ended so.
-    """
-    never = 2 ** 63
-    opened: dict[tuple[str, str], int] = {}
-    cut: set[tuple[str, str]] = set()
-    spans: dict[str, list[Span]] = collections.defaultdict(list)
-
-    def end_of(node: str, start: int, before: int) -> int | None:
-        return next((t for t in sorted(ends.get(node, ())) if start <= t <= before), None)
-
-    for stamp, node, event, _, object_id in events:
-        key = (node, object_id)
-        if key in opened:
-            ended = end_of(node, opened[key], stamp)
-            if ended is not None:
-                spans[object_id].append((opened.pop(key), ended, node))
-                cut.add(key)
-        if event == "activate":
-            assert key not in opened, "%s activated %s twice without deactivating it" % (
-                node, object_id)
-            opened[key] = stamp
-            cut.discard(key)
-        elif key in cut:
-            cut.discard(key)
-        else:
-            assert key in opened, "%s deactivated %s, which it had not activated" % (
-                node, object_id)
-            spans[object_id].append((opened.pop(key), stamp, node))
-    for (node, object_id), start in opened.items():
-        ended = end_of(node, start, never)
-        spans[object_id].append((start, never if ended is None else ended, node))
-    return spans
-
-
-def double_activations(spans: dict[str, list[Span]]) -> list[str]:
-    """Descriptions of every pair of spans of one id on two nodes that overlap."""
-    found = []
-    for object_id, intervals in spans.items():
-        intervals = sorted(intervals)
-        for i, (start, end, node) in enumerate(intervals):
-            for other_start, other_end, other_node in intervals[i + 1:]:
-                if other_start >= end:
-                    break
-                if other_node != node:
-                    found.append("%s on %s [%d, %d] and on %s [%d, %d]" % (
-                        object_id, node, start, end, other_node, other_start, other_end))
-    return found
 
 
 # -- balance and joins --------------------------------------------------------

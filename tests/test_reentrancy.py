@@ -105,3 +105,17 @@ def test_expired_deadline_names_the_object_and_method(two_nodes):
     with pytest.raises(goverse.CallTimeout) as excinfo:
         first.call_object("Hop", target, "Hold", Int64Value(value=1000), timeout=0.2)
     assert target in str(excinfo.value) and "Hold" in str(excinfo.value)
+
+
+def test_a_call_in_progress_may_call_out_while_its_node_stops(two_nodes):
+    """The grace period lets a running method finish, outgoing calls included."""
+    first, second = two_nodes
+    holder, echo = pinned(first, "draining"), pinned(second, "echo")
+    call = gevent.spawn(first.call_object, "Hop", holder, "SlowRelay",
+                        StringValue(value=echo), timeout=8)
+    wait_until(lambda: holder in first.host.objects
+               and first.host.objects[holder]._gv_holder, 5)
+    first.stop(grace=5)
+    assert call.get(timeout=8).value == holder
+    with pytest.raises(goverse.NodeStopped):
+        first.call_object("Hop", echo, "Echo", StringValue())
