@@ -569,7 +569,14 @@ class Cluster:
         log.info("%r assigned %d shards over %d nodes", self, len(items), len(nodes))
 
     def _assignable_nodes(self) -> list[str]:
-        """Live nodes the leader has reached at least once (probing new ones)."""
+        """Live nodes the leader has reached at least once (probing new ones).
+
+        TODO: a node reached once stays assignable while its lease lives,
+        even if its peers later cannot reach it (its objects then fail with
+        PeerUnavailable until the cut heals; see RELIABILITY.md). Next
+        step: nodes report peers they fail to reach in their node keys, and
+        the leader retargets the shards of a node most peers report.
+        """
         nodes = sorted(self.state.nodes)
         if self._probe is None:
             return nodes
