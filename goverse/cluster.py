@@ -233,13 +233,39 @@ class Cluster:
                     self.num_shards, self.prefix, stored.value.decode()))
 
     def _register(self) -> None:
+        """Take a lease and the member key; refuse an address someone else holds.
+
+        A key left by a predecessor at this address that died is waited out
+        (it goes with its lease, within one TTL); a key that outlives that
+        belongs to a live process, and starting a second one is refused.
+        """
         lease_id, ttl = self.client.grant_lease(self.lease_ttl)
         granted_at = time.monotonic()
         info = json.dumps({"address": self.address, "pid": os.getpid(),
                            "started": time.time()})
-        self.client.put(self._member_key(), info, lease=lease_id)
+        key = self._member_key()
+        give_up = time.monotonic() + ttl + 2.0
+        while not self._put_if_absent(key, info, lease_id):
+            if time.monotonic() > give_up:
+                self.client.revoke_lease(lease_id)
+                raise ConfigError(
+                    "another %s is registered as %s in %s (its etcd key outlived a lease "
+                    "TTL); give this one a different listen/advertise address" % (
+                        self.role, self.address, self.prefix))
+            gevent.sleep(0.25)
         self.lease_id = lease_id
         self._lease_valid_until = granted_at + self._safe_ttl(ttl)
+
+    def _put_if_absent(self, key: str, value: str, lease_id: int) -> bool:
+        if self.lease_id:
+            # Our own earlier key (a lease being replaced) may be taken over.
+            current = self.client.get(key)
+            if current is not None and current.lease == self.lease_id:
+                self.client.put(key, value, lease=lease_id)
+                return True
+        result = self.client.txn([cmp_version(key, "==", 0)],
+                                 [op_put(key, value, lease=lease_id)])
+        return result.succeeded
 
     def _safe_ttl(self, ttl: int) -> float:
         # Stop serving well before etcd would expire the lease: by then
@@ -509,6 +535,8 @@ class Cluster:
         if not self.serving():
             self._check_lease_deadline()
             return
+        if self.address not in self._members() and not self._leaving:
+            self._restore_member_key()
         if self.role != "node" or not self._worth_a_step():
             return
         if self.state.leader is None and not self._leaving:
@@ -517,6 +545,18 @@ class Cluster:
             self._assign()
         self._claim()
         self._release()
+
+    def _members(self) -> dict[str, Any]:
+        return self.state.nodes if self.role == "node" else self.state.gates
+
+    def _restore_member_key(self) -> None:
+        """Our key went away while our lease lives (deleted by hand?): put it back."""
+        if self.state.revision == 0:
+            return  # no view yet
+        info = json.dumps({"address": self.address, "pid": os.getpid(),
+                           "started": time.time()})
+        if self._put_if_absent(self._member_key(), info, self.lease_id):
+            log.warning("%r found its member key gone and registered again", self)
 
     def _worth_a_step(self) -> bool:
         """Skip walking every shard when nothing changed since the last step.

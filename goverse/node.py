@@ -168,18 +168,25 @@ class Node:
 
     def _start_server(self) -> None:
         executor = futures.ThreadPoolExecutor(max_workers=self.settings.server_workers)
+        # NOTE: no port sharing: grpc allows it by default, and a second
+        # node started on the same address would then take over the first
+        # one's membership instead of failing to start.
         server = grpc.server(executor, options=channel_options(
-            self.settings.max_message_bytes))
+            self.settings.max_message_bytes) + [("grpc.so_reuseport", 0)])
         pb_grpc.add_GoverseServicer_to_server(NodeServicer(self), server)
         for add_service in self._services:
             add_service(server)
-        if tls.enabled(self.settings):
-            port = server.add_secure_port(self.settings.listen,
-                                          tls.server_credentials(self.settings))
-        else:
-            port = server.add_insecure_port(self.settings.listen)
+        try:
+            if tls.enabled(self.settings):
+                port = server.add_secure_port(self.settings.listen,
+                                              tls.server_credentials(self.settings))
+            else:
+                port = server.add_insecure_port(self.settings.listen)
+        except RuntimeError:  # grpc's way of saying the bind failed
+            port = 0
         if port == 0:
-            raise GoverseError("cannot listen on %s (address in use?)" % (self.settings.listen,))
+            raise GoverseError("cannot listen on %s: the address is in use (another node "
+                               "or program serves there)" % (self.settings.listen,))
         host = self.settings.listen.rpartition(":")[0]
         if not self.settings.advertise:
             self.address = "%s:%d" % (host, port)

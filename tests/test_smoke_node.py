@@ -16,3 +16,21 @@ def test_two_processes(node_processes, make_node):
     for i in range(20):
         node.call_object("Counter", "p%d" % i, "Add", Int64Value(value=1))
     assert sum(p.status().num_objects for p in procs) + len(node.host) == 20
+
+
+def test_second_node_on_the_same_address_refuses_to_start(make_node):
+    import pytest
+
+    import goverse
+
+    first = make_node(num_shards=64)
+    with pytest.raises(goverse.GoverseError, match="in use"):
+        make_node(num_shards=64, listen=first.address)
+    assert first.address in first.cluster.state.nodes
+    assert first.cluster.is_ready()
+
+
+def test_member_key_deleted_by_hand_comes_back(make_node):
+    node = make_node(num_shards=64)
+    node.cluster.client.delete(node.cluster._member_key())
+    wait_until(lambda: node.address in node.cluster.state.nodes, 10)
