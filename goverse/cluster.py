@@ -126,6 +126,7 @@ class Cluster:
         self._stopping = False
         self._leaving = False
         self._lease_tainted = False
+        self._lease_warned_at = 0.0
         self._last_step: tuple[Any, ...] = ()
         self._last_step_at = 0.0
         self._unclaimed_since: dict[int, float] = {}
@@ -466,11 +467,21 @@ class Cluster:
                 else:
                     self._renew_lease()
             except GoverseError as exc:
-                log.warning("%r could not renew its lease: %s", self, exc)
+                self._note_lease_trouble(exc)
                 self._check_lease_deadline()
                 gevent.sleep(min(interval, 0.25))
                 continue
             gevent.sleep(interval)
+
+    def _note_lease_trouble(self, exc: GoverseError) -> None:
+        """Log lease trouble at WARNING once every ten seconds, else at DEBUG."""
+        now = time.monotonic()
+        what = "replace" if self._lease_tainted else "renew"
+        if now - self._lease_warned_at >= 10.0:
+            self._lease_warned_at = now
+            log.warning("%r could not %s its etcd lease: %s", self, what, exc)
+        else:
+            log.debug("%r could not %s its etcd lease: %s", self, what, exc)
 
     def _renew_lease(self) -> None:
         sent = time.monotonic()

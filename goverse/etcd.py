@@ -815,6 +815,7 @@ class PrefixWatcher:
         self._stopping = threading.Event()
         self._runner: threading.Thread | None = None
         self._reconnects = 0
+        self._connected_since_break = False
         self._reloads = 0
         self._events = 0
 
@@ -884,10 +885,14 @@ class PrefixWatcher:
             except GoverseError as exc:
                 self._reconnects += 1
                 delay = self._next_delay()
-                log.warning(
-                    "etcd watch of %r (%s) broke; watching again from revision %d in %.2f s",
-                    self.prefix, self.name, self._last_revision + 1, delay, exc_info=exc,
-                )
+                # The first break says why at WARNING; repeats while etcd
+                # stays away are one line each, without the traceback.
+                first = self._reconnects == 1 or self._connected_since_break
+                self._connected_since_break = False
+                log.log(logging.WARNING if first else logging.INFO,
+                        "etcd watch of %r (%s) broke: %s; watching again from revision %d "
+                        "in %.2f s", self.prefix, self.name, exc, self._last_revision + 1,
+                        delay)
                 self._stopping.wait(delay)
 
     def _load_snapshot(self) -> None:
@@ -927,6 +932,7 @@ class PrefixWatcher:
             if isinstance(item, _Created):
                 self._check_history(item.revision)
                 self._connected = True
+                self._connected_since_break = True
                 self._backoff = self._min_backoff
                 continue
             events, _ = item

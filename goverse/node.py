@@ -37,6 +37,7 @@ from .config import Settings
 from .errors import (
     CallTimeout,
     GoverseError,
+    MessageTooLarge,
     NodeStopped,
     NoRoute,
     NotOwner,
@@ -348,6 +349,12 @@ class Node:
 
     def _call_remote(self, peer: PeerClient, type_name: str, object_id: str, method: str,
                      request: Any, epoch: int, left: float) -> Any:
+        size = request.ByteSize()
+        if size > self.settings.max_message_bytes:
+            # Checked before packing: serialising a huge message would stall
+            # this node's event loop only to be refused afterwards.
+            raise MessageTooLarge("request for %s(%s).%s is %d bytes; the limit is %d" % (
+                type_name, object_id, method, size, self.settings.max_message_bytes))
         response = self._peer_request(peer, pb.PEER_OP_CALL, left, epoch=epoch,
                                       type=type_name, id=object_id, method=method,
                                       request=pack(request))
@@ -367,12 +374,13 @@ class Node:
                *, local: Callable[[int], Any],
                remote: Callable[[PeerClient, int, float], Any]) -> Any:
         """Send a request to the object's owner, following moves until the deadline."""
+        last_refusal: Exception | None = None
         while True:
             owner, epoch = self._owner_of(place, object_id)
             left = deadline - time.monotonic()
             if left <= 0:
-                raise CallTimeout("%s timed out after its deadline (owner: %s)" % (
-                    what, owner or "none known"))
+                raise CallTimeout("%s timed out after its deadline: %s" % (
+                    what, self._why_no_route(owner, last_refusal)))
             try:
                 if owner is None:
                     self._wait_for_route(left)
@@ -382,8 +390,20 @@ class Node:
                     return remote(self._peer(owner), epoch, left)
             except (NotOwner, PeerUnreachable) as exc:
                 # Both mean the request did not run: follow the shard map.
+                last_refusal = exc
                 log.debug("%s: %s; waiting for a new route", what, exc)
                 self._wait_for_route(deadline - time.monotonic())
+
+    def _why_no_route(self, owner: str | None, refusal: Exception | None) -> str:
+        """Say why a request found no serving owner in time."""
+        if not self.cluster.state.nodes:
+            return "no nodes in the cluster (is etcd reachable? %s)" % (
+                self.cluster.ready_reason() or "view is current",)
+        if owner is None:
+            return "no live node owns the object's shard yet"
+        if refusal is not None:
+            return "the owner %s did not serve it: %s" % (owner, refusal)
+        return "the owner %s did not answer in time" % (owner,)
 
     def _owner_of(self, place: Placement, object_id: str) -> tuple[str | None, int]:
         if place.node is not None:
@@ -425,10 +445,17 @@ class Node:
 
     def _close_departed_peers(self, interval: float = 5.0) -> None:
         """Close connections to nodes that left the cluster and are idle."""
+        etcd_reported = False
         while True:
             gevent.sleep(interval)
             if self.cluster is None:
                 continue
+            if self._embedded_etcd is not None and not self._embedded_etcd.running \
+                    and not etcd_reported:
+                etcd_reported = True
+                log.error("%r: the embedded etcd server exited (log: %s); this node "
+                          "cannot renew its lease until it is back", self,
+                          self._embedded_etcd.log_path)
             for address, peer in list(self._peers.items()):
                 if not self.cluster.is_member(address) and not peer.queue_depth:
                     log.info("%r closing the connection to departed node %s", self, address)

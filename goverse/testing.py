@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import grpc
 
 from ._pb import goverse_pb2 as pb
+from .etcd_server import _die_with_parent
 from ._pb import goverse_pb2_grpc as pb_grpc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +94,8 @@ class NodeProcess:
         # kill the node before the parent stops it gracefully.
         self.process = subprocess.Popen(self.command(), env=self.env, cwd=ROOT,
                                         stdin=subprocess.DEVNULL, stdout=output,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+                                        stderr=subprocess.STDOUT, start_new_session=True,
+                                        preexec_fn=_die_with_parent)
         if wait:
             self.wait_serving(timeout)
         return self

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 _END = object()
 
+_OP_NAMES = {pb.PEER_OP_CALL: "call", pb.PEER_OP_CREATE: "create",
+             pb.PEER_OP_DELETE: "delete"}
+
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [
@@ -282,8 +285,9 @@ class PeerClient:
             self.statistics["sent"] += 1
             return result.get(timeout=max(timeout, 0.0))
         except gevent.Timeout:
-            raise CallTimeout("no answer from %s for %s %s.%s within %.3gs" % (
-                self.address, pb.PeerOp.Name(request.op), request.id, request.method,
+            raise CallTimeout("%s of %s(%s)%s: no answer from node %s within %.3gs" % (
+                _OP_NAMES.get(request.op, "request"), request.type, request.id,
+                "." + request.method if request.method else "", self.address,
                 timeout)) from None
         finally:
             self._pending.pop(tag, None)
