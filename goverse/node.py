@@ -623,7 +623,9 @@ class Node:
         op = Operation(kind, object_id, spawn=self.spawn_detached)
         self.operations.add(op)
         if wait:
-            self._run_operation(op, work, type_name, place, timeout)
+            # The caller gets the error raised: a failure is news for the
+            # caller, not for the operator, so it is logged at INFO.
+            self._run_operation(op, work, type_name, place, timeout, failure_level=logging.INFO)
             return op
         log.info("%r: %s %s initiated asynchronously%s", self, kind, object_id, _trace())
         # A detached operation keeps the caller's values and deadline but
@@ -646,9 +648,10 @@ class Node:
             op.fail(error)
 
     def _run_operation(self, op: Operation, work: Callable[..., Any], type_name: str,
-                       place: Placement, timeout: float | None) -> None:
+                       place: Placement, timeout: float | None,
+                       failure_level: int = logging.ERROR) -> None:
         try:
-            self._do_operation(op, work, type_name, place, timeout)
+            self._do_operation(op, work, type_name, place, timeout, failure_level)
         finally:
             if not op.done():  # killed: the caller records the cancellation
                 op.add_done_callback(self._count_operation)
@@ -659,13 +662,13 @@ class Node:
         self.stats.operation_done(op.kind, op.status.value, (op.finished or 0) - op.started)
 
     def _do_operation(self, op: Operation, work: Callable[..., Any], type_name: str,
-                      place: Placement, timeout: float | None) -> None:
+                      place: Placement, timeout: float | None, failure_level: int) -> None:
         try:
             with self._call_scope(timeout) as deadline:
                 work(type_name, op.object_id, place, deadline)
         except GoverseError as exc:
-            log.error("%r: Async %s %s failed: %s%s", self, op.kind, op.object_id, exc,
-                      _trace())
+            log.log(failure_level, "%r: Async %s %s failed: %s%s", self, op.kind,
+                    op.object_id, exc, _trace())
             op.fail(exc)
             return
         except Exception as exc:

@@ -56,7 +56,9 @@ class AdminServer:
 
         server = _NoDelayServer((self.host, self.port), self.app, spawn=Pool(MAX_CONNECTIONS),
                             log=LoggingLogAdapter(log, logging.DEBUG),
-                            error_log=LoggingLogAdapter(log, logging.ERROR))
+                            # pywsgi reports malformed requests here: a
+                            # client's mistake, not the server's.
+                            error_log=LoggingLogAdapter(log, logging.WARNING))
         try:
             server.start()
         except OSError as exc:

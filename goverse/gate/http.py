@@ -281,6 +281,9 @@ def _read_json(environ: dict) -> dict:
 
 
 def _decode_any(value: Any, field: str) -> any_pb2.Any:
+    if value is None:
+        raise BadRequest("the body has no %r field (a base64 string of a serialized "
+                         "google.protobuf.Any)" % (field,))
     if not isinstance(value, str):
         raise BadRequest("%s must be a base64 string of a serialized "
                          "google.protobuf.Any, got %s" % (field, type(value).__name__))
