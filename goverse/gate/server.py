@@ -99,8 +99,8 @@ class Gate:
         self._group.spawn(self._follow_membership)
         if self.settings.http_listen:
             self._start_http()
-        log.info("gate %s serving gRPC%s", self.address,
-                 " and HTTP on %s" % self.http_address if self.http_address else "")
+        log.info("gate serving gRPC on %s%s", self.address,
+                 ", HTTP on %s" % self.http_address if self.http_address else "")
         if wait_ready and not self.wait_ready(timeout):
             raise CallTimeout("gate %s not ready after %.3gs: %s" % (
                 self.address, timeout, self.ready_reason()))
