@@ -30,7 +30,6 @@ from google.protobuf.message import Message
 from . import callctx as context
 from . import runtime, tls
 from ._pb import goverse_pb2 as pb
-from ._pb import goverse_pb2_grpc as pb_grpc
 from .activation import ObjectHost
 from .cluster import Cluster
 from .config import Settings
@@ -56,7 +55,14 @@ from .objects import BaseObject, TypeRegistry, lookup_method, registry as defaul
 from .operations import Operation, OperationLog
 from .push import GateLinks
 from .sharding import Placement, placement, validate_id
-from .transport import NodeServicer, PeerClient, channel_options, pack, response_or_raise
+from .transport import (
+    NodeServicer,
+    PeerClient,
+    add_node_service,
+    channel_options,
+    pack,
+    response_or_raise,
+)
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +180,7 @@ class Node:
         # one's membership instead of failing to start.
         server = grpc.server(executor, options=channel_options(
             self.settings.max_message_bytes) + [("grpc.so_reuseport", 0)])
-        pb_grpc.add_GoverseServicer_to_server(NodeServicer(self), server)
+        add_node_service(server, NodeServicer(self))
         for add_service in self._services:
             add_service(server)
         try:

@@ -25,6 +25,7 @@ from gevent.event import AsyncResult
 from gevent.queue import Empty as QueueEmpty
 from gevent.queue import Queue
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 
 from . import callctx as context
 from ._pb import goverse_pb2 as pb
@@ -38,6 +39,7 @@ from .errors import (
     PeerOverloaded,
     PeerUnavailable,
     PeerUnreachable,
+    WrongMessageType,
     error_from_kind,
     error_kind,
 )
@@ -78,15 +80,51 @@ def pack(message: Any) -> any_pb2.Any:
 # ---- the server ------------------------------------------------------------
 
 
-class NodeServicer(pb_grpc.GoverseServicer):
-    """The ``goverse.Goverse`` service; each method delegates to the node.
+def add_node_service(server: grpc.Server, servicer: NodeServicer) -> None:
+    """Register ``goverse.Goverse`` on ``server``, parsing unary requests ourselves.
 
-    TODO: a request whose string field is not valid UTF-8 fails inside
-    grpc's deserializer (INTERNAL "Exception deserializing request!" and an
-    ERROR log per request). Register the handlers with raw-bytes
-    deserializers and parse in the servicer to answer INVALID_ARGUMENT
-    instead (tests/fuzz/test_id_fuzz.py keeps the case as an xfail).
+    grpc's own deserializer answers a request it cannot parse (a string
+    field that is not valid UTF-8, say) with INTERNAL and logs a traceback
+    per request. The unary methods take raw bytes instead, so that a bad
+    request is INVALID_ARGUMENT with a message naming what was wrong.
     """
+    unary = {"Status": (pb.Empty, pb.StatusResponse),
+             "ListObjects": (pb.Empty, pb.ListObjectsResponse),
+             "CallObject": (pb.CallObjectRequest, pb.CallObjectResponse),
+             "CreateObject": (pb.CreateObjectRequest, pb.CreateObjectResponse),
+             "DeleteObject": (pb.DeleteObjectRequest, pb.DeleteObjectResponse)}
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            _parsing(getattr(servicer, name), request_type),
+            response_serializer=response_type.SerializeToString)
+        for name, (request_type, response_type) in unary.items()}
+    handlers["PeerStream"] = grpc.stream_stream_rpc_method_handler(
+        servicer.PeerStream, request_deserializer=pb.PeerBatch.FromString,
+        response_serializer=pb.PeerResponseBatch.SerializeToString)
+    handlers["RegisterGate"] = grpc.unary_stream_rpc_method_handler(
+        servicer.RegisterGate, request_deserializer=pb.RegisterGateRequest.FromString,
+        response_serializer=pb.GateMessage.SerializeToString)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("goverse.Goverse", handlers),))
+
+
+def _parsing(method: Callable[[Any, grpc.ServicerContext], Any],
+             request_type: Any) -> Callable[[bytes, grpc.ServicerContext], Any]:
+    def handle(raw: bytes, ctx: grpc.ServicerContext) -> Any:
+        request = request_type()
+        try:
+            request.ParseFromString(raw)
+        except DecodeError as exc:
+            ctx.set_trailing_metadata(((ERROR_KIND_METADATA, WrongMessageType.__name__),))
+            ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, (
+                "request is not a valid %s (malformed bytes, or a string field that "
+                "is not valid UTF-8): %s" % (request_type.DESCRIPTOR.full_name, exc)))
+        return method(request, ctx)
+    return handle
+
+
+class NodeServicer(pb_grpc.GoverseServicer):
+    """The ``goverse.Goverse`` service; each method delegates to the node."""
 
     def __init__(self, node: Node) -> None:
         self.node = node

@@ -198,11 +198,6 @@ def test_invalid_utf8_id_gets_an_error_over_grpc(guard, raw_id, target):
     assert guard.object_ids() == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an id that is not valid UTF-8 fails in grpc's request deserializer: the "
-    "client gets INTERNAL 'Exception deserializing request!' instead of "
-    "INVALID_ARGUMENT naming the field, and the node logs an ERROR traceback "
-    "per request"))
 @pytest.mark.parametrize("method", ["CallObject", "CreateObject", "DeleteObject"])
 def test_invalid_utf8_id_is_invalid_argument(fuzz_cluster, method):
     for bad in INVALID_UTF8:
