@@ -11,6 +11,7 @@ main greenlet does the graceful stop.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +22,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str]) -> int:
-    import importlib
     import logging
     import os
     import signal
@@ -33,19 +33,15 @@ def _run(argv: list[str]) -> int:
     from .errors import GoverseError
     from .node import Node
 
-    settings = Settings.load(argv)
+    try:
+        settings = Settings.load(argv)
+    except GoverseError as exc:
+        sys.stderr.write("goverse-node: %s\n" % (exc,))
+        return 2
     _configure_logging(settings.log_level)
     log = logging.getLogger("goverse.launcher")
-
-    # Object modules are found like ``python -m`` finds them: from the
-    # current directory first.
-    sys.path.insert(0, os.getcwd())
-    for module in settings.objects:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            log.error("cannot import object module %r (from --objects): %s", module, exc)
-            return 2
+    if not import_object_modules(settings.objects, log):
+        return 2
 
     stop = Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -69,6 +65,25 @@ def _run(argv: list[str]) -> int:
     log.info("signal received; stopping %r", node)
     node.stop()
     return 0
+
+
+def import_object_modules(modules: Any, log: Any) -> bool:
+    """Import the modules that register object types; False (logged) if one fails.
+
+    They are found like ``python -m`` finds modules: from the current
+    directory first.
+    """
+    import importlib
+    import os
+
+    sys.path.insert(0, os.getcwd())
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            log.error("cannot import object module %r (from --objects): %s", module, exc)
+            return False
+    return True
 
 
 def _install_activation_log(node, path: str | None) -> None:

@@ -23,7 +23,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str]) -> int:
-    import importlib
     import logging
     import os
     import signal
@@ -33,7 +32,7 @@ def _run(argv: list[str]) -> int:
 
     from ..config import Settings
     from ..errors import GoverseError
-    from ..launcher import _configure_logging
+    from ..launcher import _configure_logging, import_object_modules
     from .server import Gate
 
     try:
@@ -46,13 +45,8 @@ def _run(argv: list[str]) -> int:
 
     # Object modules are optional on a gate: with them, responses are
     # decoded locally; without them they pass through as they came.
-    sys.path.insert(0, os.getcwd())
-    for module in settings.objects:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            log.error("cannot import object module %r (from --objects): %s", module, exc)
-            return 2
+    if not import_object_modules(settings.objects, log):
+        return 2
 
     try:
         gate = Gate(settings)
