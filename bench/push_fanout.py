@@ -30,7 +30,6 @@ from gevent.event import Event
 from gevent.pool import Pool
 from google.protobuf.wrappers_pb2 import DoubleValue, Int64Value, StringValue
 
-from goverse import runtime
 from goverse.client import Client
 
 from .gates import close_all, cpu_seconds, start_cluster

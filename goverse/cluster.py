@@ -35,7 +35,7 @@ import gevent
 from gevent.event import Event
 
 from . import assignment
-from .errors import ConfigError, EtcdUnavailable, GoverseError, NodeStopped
+from .errors import ConfigError, GoverseError, NodeStopped
 from .etcd import (
     EtcdClient,
     KeyValue,

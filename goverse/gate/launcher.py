@@ -24,7 +24,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str]) -> int:
     import logging
-    import os
     import signal
 
     import gevent
