@@ -242,8 +242,7 @@ class Cluster:
         """
         lease_id, ttl = self.client.grant_lease(self.lease_ttl)
         granted_at = time.monotonic()
-        info = json.dumps({"address": self.address, "pid": os.getpid(),
-                           "started": time.time()})
+        info = self._member_info()
         key = self._member_key()
         give_up = time.monotonic() + ttl + 2.0
         while not self._put_if_absent(key, info, lease_id):
@@ -256,6 +255,12 @@ class Cluster:
             gevent.sleep(0.25)
         self.lease_id = lease_id
         self._lease_valid_until = granted_at + self._safe_ttl(ttl)
+
+    def _member_info(self) -> str:
+        # "started" is a wall-clock timestamp for people reading the key,
+        # never compared with anything (durations use time.monotonic()).
+        return json.dumps({"address": self.address, "pid": os.getpid(),
+                           "started": time.time()})
 
     def _put_if_absent(self, key: str, value: str, lease_id: int) -> bool:
         if self.lease_id:
@@ -564,8 +569,7 @@ class Cluster:
         """Our key went away while our lease lives (deleted by hand?): put it back."""
         if self.state.revision == 0:
             return  # no view yet
-        info = json.dumps({"address": self.address, "pid": os.getpid(),
-                           "started": time.time()})
+        info = self._member_info()
         if self._put_if_absent(self._member_key(), info, self.lease_id):
             log.warning("%r found its member key gone and registered again", self)
 
