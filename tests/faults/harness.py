@@ -180,7 +180,9 @@ class FaultCluster:
         for proc in self.procs:
             proc.wait_serving()
         settings = Settings.from_mapping(dict(
-            listen="127.0.0.1:0", etcd_endpoints=[self.etcd.endpoint],
+            # The load goes through the gate's gRPC side only: no HTTP
+            # port (a fixed default would collide with anything on it).
+            listen="127.0.0.1:0", http_listen="", etcd_endpoints=[self.etcd.endpoint],
             etcd_prefix=self.prefix, num_shards=SHARDS, stability_window=0.2,
             lease_ttl=LEASE_TTL, call_timeout=OP_TIMEOUT))
         self.gate = Gate(settings).start(wait_ready=False)
