@@ -71,6 +71,19 @@ _ROUTE_POLL = 0.25
 
 _current_node: Node | None = None
 
+#: gRPC server options on top of the channel options.
+SERVER_OPTIONS = [
+    # No port sharing: grpc allows it by default, and a second node started
+    # on the same address would then take over the first one's membership
+    # instead of failing to start.
+    ("grpc.so_reuseport", 0),
+    # Peers ping idle connections every 10 s (see channel_options); the
+    # server's default answer to pings more often than every 5 minutes
+    # without data is GOAWAY "too_many_pings", which broke idle streams.
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
 
 def current_node() -> Node:
     """The node the module-level API uses.
@@ -175,11 +188,8 @@ class Node:
 
     def _start_server(self) -> None:
         executor = futures.ThreadPoolExecutor(max_workers=self.settings.server_workers)
-        # NOTE: no port sharing: grpc allows it by default, and a second
-        # node started on the same address would then take over the first
-        # one's membership instead of failing to start.
         server = grpc.server(executor, options=channel_options(
-            self.settings.max_message_bytes) + [("grpc.so_reuseport", 0)])
+            self.settings.max_message_bytes) + SERVER_OPTIONS)
         add_node_service(server, NodeServicer(self))
         for add_service in self._services:
             add_service(server)
