@@ -49,7 +49,7 @@ def etcd_prefix():
 # -- nodes ------------------------------------------------------------------
 
 import goverse  # noqa: E402
-from goverse.testing import NodeProcess  # noqa: E402
+from goverse.testing import NodeProcess, wait_until  # noqa: E402
 
 #: Fast timings for tests: a shorter membership window than production.
 FAST = {"stability_window": 0.2, "lease_ttl": 3, "call_timeout": 10.0}
@@ -79,6 +79,15 @@ def make_node(etcd_endpoint, cluster_prefix):
     yield start
     for node in reversed(nodes):
         node.stop(grace=2)
+
+
+@pytest.fixture
+def two_nodes(make_node):
+    """Two in-process nodes of 64 shards, settled (each owns half the shards)."""
+    first = make_node(num_shards=64)
+    second = make_node(num_shards=64)
+    wait_until(lambda: first.cluster.is_settled() and len(first.cluster.state.nodes) == 2, 20)
+    return first, second
 
 
 @pytest.fixture

@@ -14,14 +14,6 @@ from goverse.testing import wait_until
 from tests import reentrant_objects  # noqa: F401  (registers the types)
 
 
-@pytest.fixture
-def two_nodes(make_node):
-    first = make_node(num_shards=64)
-    second = make_node(num_shards=64)
-    wait_until(lambda: first.cluster.is_settled() and len(first.cluster.state.nodes) == 2, 20)
-    return first, second
-
-
 def test_handle_reports_success_and_status_by_id(make_node):
     node = make_node(num_shards=64)
     op = node.create_object_async("Hop", "op-ok")

@@ -11,14 +11,6 @@ from goverse.testing import wait_until
 from tests import reentrant_objects  # noqa: F401  (registers the types)
 
 
-@pytest.fixture
-def two_nodes(make_node):
-    first = make_node(num_shards=64)
-    second = make_node(num_shards=64)
-    wait_until(lambda: first.cluster.is_settled() and len(first.cluster.state.nodes) == 2, 20)
-    return first, second
-
-
 def pinned(node, name):
     return "%s/%s" % (node.address, name)
 
