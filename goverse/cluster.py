@@ -3,7 +3,8 @@
 Keys under the cluster prefix ``P``:
 
 ``P/meta/num_shards``       the shard count every node must agree on
-``P/nodes/<address>``       one per live node, on that node's lease
+``P/nodes/<address>``       one per live node, on that node's lease; its JSON
+                            value lists the peers the node cannot reach
 ``P/leader``                the leader's address, on the leader's lease
 ``P/shards/<n>/target``     where the leader wants shard n
 ``P/shards/<n>/owner``      the node serving shard n, on the owner's lease
@@ -15,6 +16,11 @@ its own epoch. Owner keys ride on the owner's lease, so a node that dies
 loses its shards when its lease expires; a node that cannot renew its lease
 stops serving before the lease can expire (see :meth:`Cluster.serving`), so
 one shard never has two serving owners.
+
+A node that most of its peers report unreachable (while etcd still sees
+its lease) is a *suspect*: the leader gives it no shards and retargets the
+ones it has, which it then releases like any moved shard. Reports clear
+when the peers reach it again, and the shards come back by rebalancing.
 
 Everything this node knows comes from one watch of the prefix; the control
 loop (leader duties, claims, releases) runs in one greenlet, woken by
@@ -55,6 +61,34 @@ TXN_BATCH = 64
 
 #: Shards the leader moves per round while rebalancing.
 MOVE_BATCH = 512
+
+
+def reporters_by_node(nodes: dict[str, Any]) -> dict[str, list[str]]:
+    """For each live node, the other live nodes that report they cannot reach it."""
+    reporters: dict[str, list[str]] = {address: [] for address in nodes}
+    for reporter, info in sorted(nodes.items()):
+        reported = info.get("unreachable") if isinstance(info, dict) else None
+        if not isinstance(reported, list):
+            continue
+        for peer in sorted({p for p in reported if isinstance(p, str)}):
+            if peer in reporters and peer != reporter:
+                reporters[peer].append(reporter)
+    return reporters
+
+
+def suspects_among(nodes: dict[str, Any]) -> frozenset[str]:
+    """Members (by their member-key values) that most other members cannot reach.
+
+    A node is a suspect when at least two peers, and more than half of the
+    others, report it: one peer's word is not enough, since with two nodes
+    each would blame the other. A node's report of itself counts for
+    nothing.
+    """
+    if len(nodes) < 3:
+        return frozenset()
+    need = max(2, (len(nodes) - 1) // 2 + 1)
+    return frozenset(address for address, reporters in reporters_by_node(nodes).items()
+                     if len(reporters) >= need)
 
 
 @dataclass
@@ -105,6 +139,9 @@ class Cluster:
         self._probe = probe
         self._reachable: dict[str, bool] = {}
         self._probed_at: dict[str, float] = {}
+        #: Peers this node reports it cannot reach (in its member key).
+        self.unreachable: tuple[str, ...] = ()
+        self._suspects: frozenset[str] = frozenset()
         self.prefix = prefix
         self.num_shards = num_shards
         self.lease_ttl = lease_ttl
@@ -134,6 +171,7 @@ class Cluster:
         #: gives the shard to another node.
         self.claim_timeout = max(10.0, 3.0 * lease_ttl)
         self._started = time.monotonic()
+        self._started_wall = time.time()
         self._greenlets: list[gevent.Greenlet] = []
         self.statistics = {"claims": 0, "releases": 0, "assignments": 0, "lease_losses": 0}
 
@@ -253,14 +291,48 @@ class Cluster:
                     "TTL); give this one a different listen/advertise address" % (
                         self.role, self.address, self.prefix))
             gevent.sleep(0.25)
+            # The wait can last as long as a TTL: keep the new lease alive
+            # meanwhile, or it lapses just as the old key goes.
+            renewed_at = time.monotonic()
+            if self.client.keepalive_once(lease_id) <= 0:
+                lease_id, ttl = self.client.grant_lease(self.lease_ttl)
+            granted_at = renewed_at
         self.lease_id = lease_id
         self._lease_valid_until = granted_at + self._safe_ttl(ttl)
 
     def _member_info(self) -> str:
         # "started" is a wall-clock timestamp for people reading the key,
         # never compared with anything (durations use time.monotonic()).
-        return json.dumps({"address": self.address, "pid": os.getpid(),
-                           "started": time.time()})
+        info: dict[str, Any] = {"address": self.address, "pid": os.getpid(),
+                                "started": self._started_wall}
+        if self.unreachable:
+            info["unreachable"] = list(self.unreachable)
+        return json.dumps(info)
+
+    def report_unreachable(self, peers: Any) -> None:
+        """Publish the peers this node cannot reach (an empty set clears the report).
+
+        Written into this node's member key only when the set changes. An
+        etcd error propagates and leaves the old report in place, so the
+        caller's next report tries again.
+        """
+        report = tuple(sorted(peers))
+        if report == self.unreachable or self._leaving or self._stopping or not self.lease_id:
+            return
+        previous, self.unreachable = self.unreachable, report
+        try:
+            self.client.put(self._member_key(), self._member_info(), lease=self.lease_id)
+        except BaseException:
+            self.unreachable = previous
+            raise
+        if report:
+            log.warning("%r reports it cannot reach %s", self, ", ".join(report))
+        else:
+            log.info("%r reaches every peer again", self)
+
+    def suspects(self) -> frozenset[str]:
+        """Live nodes that most of the other live nodes report they cannot reach."""
+        return suspects_among(self.state.nodes)
 
     def _put_if_absent(self, key: str, value: str, lease_id: int) -> bool:
         if self.lease_id:
@@ -624,15 +696,25 @@ class Cluster:
         log.info("%r assigned %d shards over %d nodes", self, len(items), len(nodes))
 
     def _assignable_nodes(self) -> list[str]:
-        """Live nodes the leader has reached at least once (probing new ones).
+        """Live nodes the leader has reached at least once, minus suspects.
 
-        TODO: a node reached once stays assignable while its lease lives,
-        even if its peers later cannot reach it (its objects then fail with
-        PeerUnavailable until the cut heals; see RELIABILITY.md). Next
-        step: nodes report peers they fail to reach in their node keys, and
-        the leader retargets the shards of a node most peers report.
+        A new node is probed before it gets shards (a node with the wrong
+        certificate, or behind a closed port, would otherwise own shards
+        nobody can call); a node most of its peers report unreachable is
+        left out until the reports clear (see :meth:`suspects`).
         """
         nodes = sorted(self.state.nodes)
+        suspects = self.suspects()
+        if suspects != self._suspects:
+            if suspects:
+                log.warning("%r: peers report %s unreachable; their shards move",
+                            self, ", ".join(sorted(suspects)))
+            else:
+                log.info("%r: no node is reported unreachable any more", self)
+            self._suspects = suspects
+        kept = [node for node in nodes if node not in suspects]
+        if kept:
+            nodes = kept
         if self._probe is None:
             return nodes
         now = time.monotonic()
@@ -643,7 +725,7 @@ class Cluster:
                 continue
             self._probed_at[node] = now
             self._reachable[node] = self._probe(node)
-        for gone in set(self._reachable) - set(nodes):
+        for gone in set(self._reachable) - set(self.state.nodes):
             self._reachable.pop(gone, None)
             self._probed_at.pop(gone, None)
         return [node for node in nodes if self._reachable.get(node)]

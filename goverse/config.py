@@ -435,6 +435,20 @@ _declare(
         "ready and before shards are rebalanced.",
         at_least(0),
     ),
+    Setting(
+        "peer_check_interval", Duration, 1.0,
+        "Seconds between a node's checks that it reaches each peer; a peer "
+        "that answered anything in that time is not asked again. 0 turns the "
+        "checks and the reports below off.",
+        at_least(0),
+    ),
+    Setting(
+        "suspect_after", Duration, 3.0,
+        "Seconds a peer must stay unreachable before this node reports it in "
+        "etcd. A node that at least two peers, and most of them, report loses "
+        "its shards to the others until the reports clear.",
+        at_least(0),
+    ),
 )
 
 _declare(

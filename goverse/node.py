@@ -177,6 +177,8 @@ class Node:
             on_release=self._evict_shards, on_lost=self._lease_lost, role=self.role,
             probe=self._probe)
         self.cluster.start()
+        if self.role == "node" and self.settings.peer_check_interval > 0:
+            self._background.spawn(self._check_peers)
         _current_node = self
         if self.settings.admin_listen:
             from .admin.server import AdminServer
@@ -291,9 +293,10 @@ class Node:
     def set_partitioned(self, on: bool) -> None:
         """Fault injection for tests: cut (or restore) every peer connection.
 
-        While on, the node refuses peer streams and sends no peer requests;
-        its etcd lease stays alive, so it keeps its shards: the case of a
-        node that etcd can see but its peers cannot.
+        While on, the node refuses peer streams and Status probes and sends
+        no peer requests; its etcd lease stays alive: the case of a node
+        that etcd can see but its peers cannot. Its peers report it, and
+        the leader moves its shards away until the cut is restored.
         """
         self.partitioned = on
         log.warning("%r peer connections %s (fault injection)", self,
@@ -456,6 +459,54 @@ class Node:
         except grpc.RpcError as exc:
             log.warning("%r cannot reach node %s: %s", self, address,
                         exc.details() if hasattr(exc, "details") else exc)
+            return False
+        return True
+
+    def _check_peers(self) -> None:
+        """Find the peers this node cannot reach and report them in etcd.
+
+        Every ``peer_check_interval`` each live peer counts as reached when
+        its stream answered anything in that time, else it is probed with
+        Status. A peer failing for ``suspect_after`` seconds is reported
+        (see :meth:`Cluster.suspects`); the report clears on its own when
+        the peer answers again.
+        """
+        interval = self.settings.peer_check_interval
+        failing_since: dict[str, float] = {}
+        while True:
+            gevent.sleep(interval)
+            cluster = self.cluster
+            if cluster is None or self._stopping:
+                continue
+            peers = [a for a in cluster.state.nodes if a != self.address]
+            checks = {a: self._background.spawn(self._reaches, a, interval) for a in peers}
+            gevent.joinall(list(checks.values()), timeout=interval + 1.0)
+            now = time.monotonic()
+            for address, check in checks.items():
+                if check.successful() and check.value:
+                    failing_since.pop(address, None)
+                else:
+                    check.kill(block=False)
+                    failing_since.setdefault(address, now)
+            for gone in set(failing_since) - set(peers):
+                del failing_since[gone]
+            after = self.settings.suspect_after
+            try:
+                cluster.report_unreachable(
+                    a for a, since in failing_since.items() if now - since >= after)
+            except GoverseError as exc:
+                log.debug("%r could not report unreachable peers yet: %s", self, exc)
+
+    def _reaches(self, address: str, within: float) -> bool:
+        """Did ``address`` answer this node within ``within`` seconds, or does it now?"""
+        if self.partitioned:
+            return False
+        peer = self._peers.get(address)
+        if peer is not None and time.monotonic() - peer.answered_at < within:
+            return True
+        try:
+            self._peer(address).status(timeout=within)
+        except (grpc.RpcError, GoverseError):
             return False
         return True
 

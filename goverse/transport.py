@@ -130,6 +130,9 @@ class NodeServicer(pb_grpc.GoverseServicer):
         self.node = node
 
     def Status(self, request: pb.Empty, ctx: grpc.ServicerContext) -> pb.StatusResponse:
+        if self.node.partitioned:
+            ctx.abort(grpc.StatusCode.UNAVAILABLE,
+                      "%s refuses peers (partition fault injected)" % (self.node.address,))
         return pb.StatusResponse(
             advertise_addr=self.node.address,
             num_objects=len(self.node.host),
@@ -308,6 +311,8 @@ class PeerClient:
         self._receiver: gevent.Greenlet | None = None
         self._closed = False
         self._confirmed = False
+        #: When the peer last answered on this connection (monotonic).
+        self.answered_at = float("-inf")
         self.statistics = {"sent": 0, "failed": 0, "streams": 0}
 
     def __repr__(self) -> str:
@@ -315,7 +320,9 @@ class PeerClient:
 
     def status(self, timeout: float) -> pb.StatusResponse:
         """The peer's Status over this connection (a reachability probe)."""
-        return self._stub.Status(pb.Empty(), timeout=timeout)
+        status = self._stub.Status(pb.Empty(), timeout=timeout)
+        self.answered_at = time.monotonic()
+        return status
 
     @property
     def queue_depth(self) -> int:
@@ -380,6 +387,7 @@ class PeerClient:
         try:
             for batch in responses:
                 self._confirmed = True
+                self.answered_at = time.monotonic()
                 for response in batch.responses:
                     waiter = self._pending.get(response.tag)
                     if waiter is not None:

@@ -22,6 +22,7 @@ import time
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
 
+from ..cluster import reporters_by_node, suspects_among
 from ..errors import GoverseError, InvalidObjectId
 from ..metrics import LoopMonitor, NodeCollector
 from ..sharding import placement, validate_id
@@ -68,6 +69,22 @@ class Source(Protocol):
 
 
 # ---- shard arithmetic shared by both sources --------------------------------
+
+
+def reachability(nodes: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per member: the peers it reports it cannot reach, who reports it, and suspicion."""
+    reporters = reporters_by_node(nodes)
+    suspects = suspects_among(nodes)
+    rows = {}
+    for address, info in nodes.items():
+        reported = info.get("unreachable") if isinstance(info, dict) else None
+        rows[address] = {
+            "cannot_reach": sorted(p for p in reported if isinstance(p, str))
+            if isinstance(reported, list) else [],
+            "unreachable_to": reporters[address],
+            "suspect": address in suspects,
+        }
+    return rows
 
 
 def summarize_shards(table: list[dict[str, Any]], members: Iterable[str]) -> dict[str, Any]:
@@ -173,6 +190,7 @@ class LocalSource:
             return []
         state = cluster.state
         counts = summarize_shards(cluster.shard_table(), state.nodes)["nodes"]
+        reach = reachability(state.nodes)
         rows = []
         for address, info in sorted(state.nodes.items()):
             here = address == self.node.address
@@ -183,6 +201,7 @@ class LocalSource:
                 "started_at": info.get("started"),
                 "shards_owned": counts[address]["owned"],
                 "shards_targeted": counts[address]["targeted"],
+                **reach[address],
                 # Other nodes' objects are theirs to report: the cluster
                 # source (gunicorn) asks each of them.
                 "objects": len(self.node.host) if here else None,
@@ -475,6 +494,7 @@ class ClusterSource:
         if answers is None:
             answers = self.ask_nodes(view.nodes, listing=listing)
         counts = summarize_shards(view.table, view.nodes)["nodes"]
+        reach = reachability(view.nodes)
         rows = []
         for address, info in sorted(view.nodes.items()):
             answer = answers[address]
@@ -486,6 +506,7 @@ class ClusterSource:
                 "started_at": info.get("started"),
                 "shards_owned": counts[address]["owned"],
                 "shards_targeted": counts[address]["targeted"],
+                **reach[address],
                 "objects": status.num_objects if status is not None else None,
                 "objects_by_type": _count_types(answer.get("objects")),
                 "uptime_seconds": status.uptime_seconds if status is not None else None,

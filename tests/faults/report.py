@@ -80,6 +80,10 @@ def details(faults: dict[str, Any]) -> str:
                         lifecycle.get("acked_deletes", 0),
                         faults[name]["pushes"]["acknowledged"],
                         faults[name]["pushes"]["received"]))
+        failover = faults[name].get("failover_s", {})
+        if failover.get("n"):
+            rows[-1] += (" The cut node's objects answered from another node %s s "
+                         "(p50 / p99) after the cut." % seconds(failover))
     return "\n".join(rows) + "\n"
 
 

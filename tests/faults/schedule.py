@@ -11,8 +11,10 @@ activation log.
 - ``ready``: every shard has a live owner in etcd, the observer's map
   equals etcd's, the gate can reach every node, and the fault's own
   condition holds (the shards a dead or frozen node held were claimed
-  again, a partitioned node answers calls again).
+  again; after a partition, no node is a suspect any more).
 - ``settled``: ready, and no shard is still moving.
+- ``failover`` (partition only): seconds from the cut until an object of
+  the cut node answered from another node, while the cut lasted.
 
 Recovery is ``ready - healed``; outage is ``ready - injected``.
 """
@@ -31,8 +33,12 @@ from goverse.errors import GoverseError
 
 from .harness import LEASE_TTL, FaultCluster
 
-#: How long a partition lasts.
+#: A partition lasts until the cut node's objects answer elsewhere, and at
+#: least this long.
 PARTITION_SECONDS = 4.0
+
+#: How long a cut node's objects may take to answer from another node.
+PARTITION_FAILOVER_LIMIT = 30.0
 
 #: How long past its lease a SIGSTOPped node stays frozen.
 STOP_PAST_LEASE = 1.5
@@ -47,6 +53,7 @@ class Trial:
     ready: float
     settled: float
     exit_status: int | None = None
+    failover: float | None = None
 
     @property
     def recovery(self) -> float:
@@ -114,19 +121,38 @@ def etcd_restart(cluster: FaultCluster, rng: random.Random) -> list[Trial]:
 
 
 def partition(cluster: FaultCluster, rng: random.Random) -> list[Trial]:
-    """Cut a random node's peer connections for a while; its lease lives on."""
+    """Cut a random node's peer connections; its lease lives on.
+
+    Its peers report it, the leader moves its shards, and its objects
+    answer from other nodes while the cut lasts; once restored it gets
+    shards back by rebalancing.
+    """
     victim = rng.choice(cluster.procs)
     probe = _object_owned_by(cluster, victim.address)
     injected = time.monotonic()
     victim.signal(signal.SIGUSR1)
+    failover = None
     try:
-        time.sleep(PARTITION_SECONDS)
+        deadline = injected + PARTITION_FAILOVER_LIMIT
+        while time.monotonic() < deadline:
+            where = _answer(cluster, probe)
+            if where is not None and where != victim.address:
+                failover = time.monotonic() - injected
+                break
+            time.sleep(0.05)
+        time.sleep(max(0.0, injected + PARTITION_SECONDS - time.monotonic()))
     finally:
         healed = time.monotonic()
         victim.signal(signal.SIGUSR2)
+    if failover is None:
+        raise AssertionError("the objects of %s, cut from its peers, did not answer from "
+                             "another node within %.0fs" % (victim.address,
+                                                             PARTITION_FAILOVER_LIMIT))
     ready, settled = cluster.wait_ready(
-        injected, extra=lambda: _answers(cluster, probe, victim.address), settle=True)
-    return [Trial("partition", victim.address, injected, healed, ready, settled)]
+        injected, extra=lambda: not cluster.observer.cluster.suspects()
+        and _answer(cluster, probe) is not None, settle=True)
+    return [Trial("partition", victim.address, injected, healed, ready, settled,
+                  failover=failover)]
 
 
 def rolling_upgrade(cluster: FaultCluster, rng: random.Random) -> list[Trial]:
@@ -157,8 +183,8 @@ DESCRIPTIONS = {
     "stop": "SIGSTOP of a random node for %.1f s (past its %d s lease), then SIGCONT"
             % (LEASE_TTL + STOP_PAST_LEASE, LEASE_TTL),
     "etcd": "etcd killed, kept down until the leases lapse, restarted",
-    "partition": "a random node's peer connections cut for %.0f s (lease alive), "
-                 "then restored" % PARTITION_SECONDS,
+    "partition": "a random node's peer connections cut (lease alive) until its objects "
+                 "answer elsewhere, at least %.0f s, then restored" % PARTITION_SECONDS,
     "rolling": "rolling upgrade: SIGTERM each node in turn, clean exit, start again",
 }
 
@@ -169,11 +195,10 @@ def _object_owned_by(cluster: FaultCluster, address: str) -> str:
     return "shard#%d/partition-probe" % shard
 
 
-def _answers(cluster: FaultCluster, object_id: str, address: str) -> bool:
-    """Does a call through the observer reach ``object_id`` on ``address``?"""
+def _answer(cluster: FaultCluster, object_id: str) -> str | None:
+    """The node ``object_id`` answers from, through the observer; None if no answer."""
     try:
-        answer = cluster.observer.call_object("Counter", object_id, "Where",
-                                              StringValue(), timeout=1.0)
+        return cluster.observer.call_object("Counter", object_id, "Where",
+                                            StringValue(), timeout=1.0).value
     except GoverseError:
-        return False
-    return answer.value == address
+        return None

@@ -78,7 +78,14 @@
       cell(row, node.objects);
       cell(row, seconds(node.uptime_seconds));
       cell(row, node.pid);
-      cell(row, node.error || "", node.error ? "problem-cell" : "");
+      var problems = [];
+      if (node.error) problems.push(node.error);
+      if (node.unreachable_to && node.unreachable_to.length) {
+        problems.push((node.suspect ? "suspect: " : "") + "unreachable to " +
+                      node.unreachable_to.join(", "));
+      }
+      var problem = problems.join("; ");
+      cell(row, problem, problem ? "problem-cell" : "");
       body.appendChild(row);
     });
   }
