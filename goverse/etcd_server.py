@@ -90,7 +90,25 @@ class EtcdServer:
         name: str = "goverse-etcd",
         log_path: str | None = None,
         extra_args: Sequence[str] = (),
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        ca_file: str | None = None,
+        client_cert_auth: bool = False,
     ) -> None:
+        if (cert_file is None) != (key_file is None):
+            raise EtcdServerError("etcd TLS needs both cert_file and key_file")
+        if (ca_file is not None or client_cert_auth) and cert_file is None:
+            raise EtcdServerError("etcd ca_file and client_cert_auth need cert_file and "
+                                  "key_file as well")
+        if client_cert_auth and ca_file is None:
+            raise EtcdServerError("etcd client_cert_auth needs ca_file (the CA of the "
+                                  "clients' certificates)")
+        #: Serve clients over TLS with this certificate; with
+        #: ``client_cert_auth``, clients must show one signed by ``ca_file``.
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.ca_file = ca_file
+        self.client_cert_auth = client_cert_auth
         self.host = host
         self.client_port = client_port
         self.peer_port = peer_port
@@ -203,6 +221,15 @@ class EtcdServer:
     def __exit__(self, *exc_info: Any) -> None:
         self.stop()
 
+    def client_tls(self) -> dict[str, str]:
+        """EtcdClient arguments that reach this server (its own certificate as the client's)."""
+        if not self.cert_file:
+            return {}
+        ca = self.ca_file or self.cert_file
+        if not self.client_cert_auth:
+            return {"ca_cert": ca}
+        return {"ca_cert": ca, "cert_key": self.key_file, "cert_chain": self.cert_file}
+
     # -- helpers
 
     def _choose_ports(self) -> None:
@@ -212,8 +239,16 @@ class EtcdServer:
         self.peer_port = self.peer_port or next(free)
 
     def _command(self) -> list[str]:
-        client_url = "http://%s:%d" % (self.host, self.client_port)
+        scheme = "https" if self.cert_file else "http"
+        client_url = "%s://%s:%d" % (scheme, self.host, self.client_port)
         peer_url = "http://%s:%d" % (self.host, self.peer_port)
+        tls: list[str] = []
+        if self.cert_file:
+            tls += ["--cert-file", self.cert_file, "--key-file", self.key_file]
+        if self.ca_file:
+            tls += ["--trusted-ca-file", self.ca_file]
+        if self.client_cert_auth:
+            tls += ["--client-cert-auth"]
         return [
             find_etcd_binary(),
             "--name", self.name,
@@ -226,6 +261,7 @@ class EtcdServer:
             "--initial-cluster-state", "new",
             "--max-txn-ops", "1024",
             "--log-level", "warn",
+            *tls,
             *self.extra_args,
         ]
 
@@ -248,7 +284,7 @@ class EtcdServer:
         while True:
             if self._process.poll() is not None:
                 raise self._exited_error()
-            with EtcdClient([self.endpoint], timeout=0.5) as client:
+            with EtcdClient([self.endpoint], timeout=0.5, **self.client_tls()) as client:
                 try:
                     client.get("/")
                     # An etcd left behind on the same port would answer

@@ -90,3 +90,75 @@ def test_client_reaches_a_gate_over_tls(make_node, certificates, cluster_prefix,
                 stranger.call("Counter", "tls-counter", "Add", Int64Value(value=1))
     finally:
         gate.stop()
+
+
+# -- etcd over TLS ----------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_etcd(certificates):
+    """An etcd that serves clients over TLS and asks each for a certificate of its CA."""
+    from goverse.etcd_server import EtcdServer
+
+    good, _ = certificates
+    server = EtcdServer(name="goverse-tls-etcd", cert_file=good["tls_cert"],
+                        key_file=good["tls_key"], ca_file=good["tls_ca"],
+                        client_cert_auth=True).start()
+    yield server
+    server.stop()
+
+
+def test_nodes_use_an_etcd_over_tls_with_client_certificates(tls_etcd, certificates,
+                                                             cluster_prefix):
+    from tests import sample_objects  # noqa: F401  (registers Counter)
+
+    good, _ = certificates
+    settings = dict(etcd_endpoints=[tls_etcd.endpoint], etcd_prefix=cluster_prefix,
+                    etcd_ca_cert=good["tls_ca"], etcd_cert=good["tls_cert"],
+                    etcd_key=good["tls_key"], listen="127.0.0.1:0", num_shards=16,
+                    stability_window=0.2)
+    first = goverse.Node(goverse.Settings.from_mapping(settings)).start(timeout=30)
+    second = goverse.Node(goverse.Settings.from_mapping(settings)).start(timeout=30)
+    try:
+        wait_until(lambda: first.cluster.is_settled() and len(first.cluster.state.nodes) == 2,
+                   20, message="two nodes settled on the TLS etcd")
+        answer = first.call_object("Counter", "%s/etcd-tls" % second.address, "Where",
+                                   StringValue(), timeout=5)
+        assert answer.value == second.address
+    finally:
+        second.stop(grace=2)
+        first.stop(grace=2)
+
+
+def test_etcd_over_tls_refuses_clients_without_the_right_certificates(tls_etcd,
+                                                                      certificates):
+    from goverse.errors import EtcdUnavailable
+    from goverse.etcd import EtcdClient
+
+    good, other = certificates
+    with EtcdClient([tls_etcd.endpoint], timeout=2.0, **tls_etcd.client_tls()) as client:
+        client.put("/tls/k", "1")
+        assert client.get("/tls/k").value == b"1"
+    # Trusting another CA: the server's certificate is refused.
+    with EtcdClient([tls_etcd.endpoint], timeout=2.0, ca_cert=other["tls_ca"]) as client:
+        with pytest.raises(EtcdUnavailable):
+            client.get("/tls/k")
+    # The right CA but no client certificate: the server refuses the client.
+    with EtcdClient([tls_etcd.endpoint], timeout=2.0, ca_cert=good["tls_ca"]) as client:
+        with pytest.raises(EtcdUnavailable):
+            client.get("/tls/k")
+    # Plaintext to a TLS port gets nowhere either.
+    with EtcdClient([tls_etcd.endpoint], timeout=2.0) as client:
+        with pytest.raises(EtcdUnavailable):
+            client.get("/tls/k")
+
+
+def test_a_node_that_cannot_verify_etcd_says_so(tls_etcd, certificates, cluster_prefix):
+    _, other = certificates
+    settings = dict(etcd_endpoints=[tls_etcd.endpoint], etcd_prefix=cluster_prefix,
+                    etcd_ca_cert=other["tls_ca"], listen="127.0.0.1:0", num_shards=16,
+                    etcd_timeout=2.0)
+    node = goverse.Node(goverse.Settings.from_mapping(settings))
+    with pytest.raises(goverse.GoverseError, match=tls_etcd.endpoint):
+        node.start(timeout=10)
+    node.stop(grace=0)
