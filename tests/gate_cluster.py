@@ -1,9 +1,9 @@
 """Test helpers for gates: gate processes, push stream readers, Any packing.
 
-:class:`GateProcess` runs ``bin/goverse-gate`` as a child process, like
-:class:`goverse.testing.NodeProcess` runs a node. :class:`SseReader` and
-:class:`GrpcPushReader` collect pushed messages in the background so that
-tests can wait for them.
+:class:`GateProcess` runs ``bin/goverse-gate`` as a child process
+(:class:`goverse.testing.GateProcess` with the test nodes' stability
+window). :class:`SseReader` and :class:`GrpcPushReader` collect pushed
+messages in the background so that tests can wait for them.
 """
 
 from __future__ import annotations
@@ -11,10 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -23,10 +20,9 @@ from typing import Any, Sequence
 import grpc
 from google.protobuf import any_pb2
 
+from goverse import testing
 from goverse._pb import gate_pb2, gate_pb2_grpc
-from goverse.testing import ROOT, NodeProcess, free_port, wait_until
-
-GATE_LAUNCHER = os.path.join(ROOT, "bin", "goverse-gate")
+from goverse.testing import GATE_LAUNCHER, NodeProcess, wait_until  # noqa: F401  (re-exported)
 
 #: Object modules the nodes of gate tests load.
 OBJECTS = "tests.sample_objects,tests.gate_objects,examples.chat.rooms"
@@ -70,76 +66,15 @@ def http(method: str, url: str, body: Any = None, headers: dict | None = None,
     return status, head, payload
 
 
-class GateProcess:
-    """A gate in a child process, started with ``bin/goverse-gate``."""
+class GateProcess(testing.GateProcess):
+    """A ``bin/goverse-gate`` child with the short stability window of the test nodes."""
 
     def __init__(self, etcd_endpoint: str, *, prefix: str, port: int | None = None,
                  http_port: int | None = None, extra_args: Sequence[str] = (),
                  log_path: str | None = None) -> None:
-        self.port = port or free_port()
-        self.http_port = http_port or free_port()
-        self.address = "127.0.0.1:%d" % self.port
-        self.http_address = "127.0.0.1:%d" % self.http_port
-        self.etcd_endpoint = etcd_endpoint
-        self.prefix = prefix
-        self.extra_args = list(extra_args)
-        self.log_path = log_path
-        self.process: subprocess.Popen | None = None
-        self._log: Any = None
-
-    def __repr__(self) -> str:
-        return "<GateProcess %s pid=%s>" % (self.address, self.process and self.process.pid)
-
-    @property
-    def url(self) -> str:
-        return "http://%s" % self.http_address
-
-    def start(self, wait: bool = True, timeout: float = 30.0) -> GateProcess:
-        cmd = [sys.executable, GATE_LAUNCHER, "--listen", self.address,
-               "--http-listen", self.http_address, "--etcd-endpoints", self.etcd_endpoint,
-               "--etcd-prefix", self.prefix, "--stability-window", "0.2"] + self.extra_args
-        output = subprocess.DEVNULL
-        if self.log_path:
-            self._log = open(self.log_path, "ab")
-            output = self._log
-        env = dict(os.environ, PYTHONPATH=ROOT)
-        self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=output, stderr=subprocess.STDOUT)
-        if wait:
-            self.wait_ready(timeout)
-        return self
-
-    def status(self) -> dict:
-        code, _, body = http("GET", self.url + "/api/v1/status", timeout=2)
-        assert code == 200, body
-        return body
-
-    def wait_ready(self, timeout: float = 30.0) -> dict:
-        def ready() -> dict | None:
-            if self.process.poll() is not None:
-                raise RuntimeError("%r exited with %s" % (self, self.process.returncode))
-            # Settled, not only ready: a shard that still moves would take
-            # the state of the objects the test made with it.
-            status = self.status()
-            return status if status["ready_reason"] is None and status["settled"] else None
-        return wait_until(ready, timeout, interval=0.1, message="%r ready" % (self,))
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        super().__init__(etcd_endpoint, prefix=prefix, port=port, http_port=http_port,
+                         extra_args=["--stability-window", "0.2", *extra_args],
+                         log_path=log_path)
 
 
 class SseReader:
