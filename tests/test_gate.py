@@ -403,6 +403,14 @@ def test_gate_status_endpoint(gate, nodes):
     assert status == 200
     assert body["address"] == gate.address and body["ready_reason"] is None
     assert sorted(body["links"]) == sorted(n.address for n in nodes)
+    # Counting greenlets walks every object: only when asked.
+    assert "greenlets" not in body
+
+    status, _, body = http("GET", api(gate, "status") + "?greenlets=1")
+    assert status == 200
+    # At least the gate's own: one per node link, the membership follower.
+    assert body["greenlets"] >= len(nodes) + 1
+    assert body["threadpool_threads"] >= 0
 
 
 # ---- restarts ----------------------------------------------------------------

@@ -9,6 +9,7 @@ A plain WSGI application, served by gevent's WSGI server::
     GET  /api/v1/events/stream
          event: register {"clientId"}, then event: message {"type", "payload"}
     GET  /api/v1/status  ->  the gate's links, clients and counters
+         (?greenlets=1 adds the process's greenlet and threadpool thread counts)
 
 ``b64 Any`` is the standard base64 of a serialized ``google.protobuf.Any``.
 Object ids may contain ``/``: the type is the first path segment after the
@@ -32,6 +33,7 @@ import logging
 import mimetypes
 import os
 from typing import TYPE_CHECKING, Any, Callable, Iterator
+from urllib.parse import parse_qs
 
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
@@ -168,7 +170,8 @@ class GateHttpApp:
         return {"success": True}
 
     def _status(self, environ: dict, tail: str) -> dict:
-        return self.gate.statistics()
+        asked = parse_qs(environ.get("QUERY_STRING", "")).get("greenlets", [""])[-1]
+        return self.gate.statistics(greenlets=asked in ("1", "true"))
 
     # ---- Server-Sent Events -------------------------------------------------
 

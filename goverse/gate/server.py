@@ -173,9 +173,14 @@ class Gate:
 
     # ---- introspection -------------------------------------------------------
 
-    def statistics(self) -> dict[str, Any]:
+    def statistics(self, *, greenlets: bool = False) -> dict[str, Any]:
+        """Links, clients and counters; with ``greenlets``, the process's greenlet count.
+
+        Counting greenlets walks every object of the process (see
+        :func:`goverse.runtime.greenlet_counts`), so it is asked for, not default.
+        """
         cluster = self.node.cluster
-        return {
+        stats = {
             "address": self.address,
             "http_address": self.http_address,
             "nodes": sorted(cluster.state.nodes) if cluster else [],
@@ -184,3 +189,6 @@ class Gate:
             "ready_reason": self.ready_reason(),
             "settled": bool(cluster and cluster.is_settled()),
         }
+        if greenlets:
+            stats.update(runtime.greenlet_counts())
+        return stats
