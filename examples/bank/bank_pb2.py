@@ -24,33 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nbank.proto\x12\x04\x62\x61nk\"&\n\x0bOpenRequest\x12\x17\n\x0finitial_balance\x18\x01 \x01(\x03\"Y\n\x0cOpenResponse\x12\x0f\n\x07\x62\x61lance\x18\x01 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x18\n\x04\x63ode\x18\x03 \x01(\x0e\x32\n.bank.Code\x12\r\n\x05\x65rror\x18\x04 \x01(\t\" \n\x0e\x44\x65positRequest\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\"K\n\x0f\x44\x65positResponse\x12\x0f\n\x07\x62\x61lance\x18\x01 \x01(\x03\x12\x18\n\x04\x63ode\x18\x02 \x01(\x0e\x32\n.bank.Code\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"!\n\x0fWithdrawRequest\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\"L\n\x10WithdrawResponse\x12\x0f\n\x07\x62\x61lance\x18\x01 \x01(\x03\x12\x18\n\x04\x63ode\x18\x02 \x01(\x0e\x32\n.bank.Code\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x10\n\x0e\x42\x61lanceRequest\"0\n\x0f\x42\x61lanceResponse\x12\x0f\n\x07\x62\x61lance\x18\x01 \x01(\x03\x12\x0c\n\x04open\x18\x02 \x01(\x08\"5\n\x0fTransferRequest\x12\x12\n\nto_account\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\"L\n\x10TransferResponse\x12\x0f\n\x07\x62\x61lance\x18\x01 \x01(\x03\x12\x18\n\x04\x63ode\x18\x02 \x01(\x0e\x32\n.bank.Code\x12\r\n\x05\x65rror\x18\x03 \x01(\t*n\n\x04\x43ode\x12\x06\n\x02OK\x10\x00\x12\x12\n\x0eINVALID_AMOUNT\x10\x01\x12\x16\n\x12INSUFFICIENT_FUNDS\x10\x02\x12\x0c\n\x08NOT_OPEN\x10\x03\x12\x10\n\x0cSAME_ACCOUNT\x10\x04\x12\x12\n\x0e\x44\x45POSIT_FAILED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nbank.proto\x12\x04\x62\x61nk\"&\n\x0bOpenRequest\x12\x17\n\x0finitial_balance\x18\x01 \x01(\x03\"Y\n\x0cOpenResponse\x12\x0f\n\x07\x62\x61lance\x18\x01 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x18\n\x04\x63ode\x18\x03 \x01(\x0e\x32\n.bank.Code\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"6\n\x0e\x44\x65positRequest\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\x12\x14\n\x0coperation_id\x18\x02 \x01(\t\"^\n\x0f\x44\x65positResponse\x12\x0f\n\x07\x62\x61lance\x18\x01 \x01(\x03\x12\x18\n\x04\x63ode\x18\x02 \x01(\x0e\x32\n.bank.Code\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x11\n\tduplicate\x18\x04 \x01(\x08\"!\n\x0fWithdrawRequest\x12\x0e\n\x06\x61mount\x18\x01 \x01(\x03\"L\n\x10WithdrawResponse\x12\x0f\n\x07\x62\x61lance\x18\x01 \x01(\x03\x12\x18\n\x04\x63ode\x18\x02 \x01(\x0e\x32\n.bank.Code\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x10\n\x0e\x42\x61lanceRequest\"^\n\x0f\x42\x61lanceResponse\x12\x0f\n\x07\x62\x61lance\x18\x01 \x01(\x03\x12\x0c\n\x04open\x18\x02 \x01(\x08\x12\x10\n\x08in_doubt\x18\x03 \x01(\x03\x12\x1a\n\x12in_doubt_transfers\x18\x04 \x01(\x05\"5\n\x0fTransferRequest\x12\x12\n\nto_account\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\x03\"a\n\x10TransferResponse\x12\x0f\n\x07\x62\x61lance\x18\x01 \x01(\x03\x12\x18\n\x04\x63ode\x18\x02 \x01(\x0e\x32\n.bank.Code\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x13\n\x0btransfer_id\x18\x04 \x01(\t\"\x10\n\x0eResolveRequest\"u\n\x0fResolveResponse\x12\x0f\n\x07\x62\x61lance\x18\x01 \x01(\x03\x12\x11\n\tdeposited\x18\x02 \x01(\x05\x12\x10\n\x08refunded\x18\x03 \x01(\x05\x12\x10\n\x08in_doubt\x18\x04 \x01(\x03\x12\x1a\n\x12in_doubt_transfers\x18\x05 \x01(\x05*\x89\x01\n\x04\x43ode\x12\x06\n\x02OK\x10\x00\x12\x12\n\x0eINVALID_AMOUNT\x10\x01\x12\x16\n\x12INSUFFICIENT_FUNDS\x10\x02\x12\x0c\n\x08NOT_OPEN\x10\x03\x12\x10\n\x0cSAME_ACCOUNT\x10\x04\x12\x12\n\x0e\x44\x45POSIT_FAILED\x10\x05\x12\x0c\n\x08IN_DOUBT\x10\x06\x12\x0b\n\x07\x45XPIRED\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bank_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CODE']._serialized_start=576
-  _globals['_CODE']._serialized_end=686
+  _globals['_CODE']._serialized_start=822
+  _globals['_CODE']._serialized_end=959
   _globals['_OPENREQUEST']._serialized_start=20
   _globals['_OPENREQUEST']._serialized_end=58
   _globals['_OPENRESPONSE']._serialized_start=60
   _globals['_OPENRESPONSE']._serialized_end=149
   _globals['_DEPOSITREQUEST']._serialized_start=151
-  _globals['_DEPOSITREQUEST']._serialized_end=183
-  _globals['_DEPOSITRESPONSE']._serialized_start=185
-  _globals['_DEPOSITRESPONSE']._serialized_end=260
-  _globals['_WITHDRAWREQUEST']._serialized_start=262
-  _globals['_WITHDRAWREQUEST']._serialized_end=295
-  _globals['_WITHDRAWRESPONSE']._serialized_start=297
-  _globals['_WITHDRAWRESPONSE']._serialized_end=373
-  _globals['_BALANCEREQUEST']._serialized_start=375
-  _globals['_BALANCEREQUEST']._serialized_end=391
-  _globals['_BALANCERESPONSE']._serialized_start=393
-  _globals['_BALANCERESPONSE']._serialized_end=441
-  _globals['_TRANSFERREQUEST']._serialized_start=443
-  _globals['_TRANSFERREQUEST']._serialized_end=496
-  _globals['_TRANSFERRESPONSE']._serialized_start=498
-  _globals['_TRANSFERRESPONSE']._serialized_end=574
+  _globals['_DEPOSITREQUEST']._serialized_end=205
+  _globals['_DEPOSITRESPONSE']._serialized_start=207
+  _globals['_DEPOSITRESPONSE']._serialized_end=301
+  _globals['_WITHDRAWREQUEST']._serialized_start=303
+  _globals['_WITHDRAWREQUEST']._serialized_end=336
+  _globals['_WITHDRAWRESPONSE']._serialized_start=338
+  _globals['_WITHDRAWRESPONSE']._serialized_end=414
+  _globals['_BALANCEREQUEST']._serialized_start=416
+  _globals['_BALANCEREQUEST']._serialized_end=432
+  _globals['_BALANCERESPONSE']._serialized_start=434
+  _globals['_BALANCERESPONSE']._serialized_end=528
+  _globals['_TRANSFERREQUEST']._serialized_start=530
+  _globals['_TRANSFERREQUEST']._serialized_end=583
+  _globals['_TRANSFERRESPONSE']._serialized_start=585
+  _globals['_TRANSFERRESPONSE']._serialized_end=682
+  _globals['_RESOLVEREQUEST']._serialized_start=684
+  _globals['_RESOLVEREQUEST']._serialized_end=700
+  _globals['_RESOLVERESPONSE']._serialized_start=702
+  _globals['_RESOLVERESPONSE']._serialized_end=819
 # @@protoc_insertion_point(module_scope)
