@@ -1,13 +1,24 @@
 """``python -m bench.soak``: mixed load for a long while, a fault every minute.
 
-The cluster of the fault suite (three node processes, their own etcd, a
-gate in this process) runs the fault suite's mixed load; every
-``--fault-interval`` seconds the next fault of the rotation (kill, stop,
-etcd, partition, rolling upgrade) strikes. Every ``--sample-interval``
-seconds the soak samples each node process's resident memory
-(``VmRSS`` in ``/proc/<pid>/status``) and open descriptors
-(``/proc/<pid>/fd``), and in this process (driver and gate) the same plus
-the number of live greenlets.
+The cluster of the fault suite (three node processes and their own etcd)
+runs the fault suite's mixed load, sent by this process (the driver)
+through one gate; every ``--fault-interval`` seconds the next fault of
+the rotation (kill, stop, etcd, partition, rolling upgrade) strikes.
+
+The gate runs as its own ``bin/goverse-gate`` process (``--gate process``,
+the default), so that its memory is judged alone: the driver process
+holds only the load, its client, the bookkeeping for the checks, and a
+gate-role node that watches the shard map for the faults (it hosts
+nothing and calls nothing). ``--gate inline`` runs the gate in the driver
+process instead, as the soak once did.
+
+Every ``--sample-interval`` seconds the soak samples, for each node
+process, the gate process and the driver, the resident memory (``VmRSS``
+in ``/proc/<pid>/status``) and open descriptors (``/proc/<pid>/fd``); for
+the gate and the driver also the number of greenlets (every greenlet
+object of the process, the hub threadpool's threads among them) and
+the threadpool's size. The driver counts its own; the gate process
+answers ``GET /api/v1/status?greenlets=1``.
 
 The verdict, after a warm-up:
 
@@ -18,11 +29,12 @@ The verdict, after a warm-up:
   cluster settled (goal: none);
 - operations still running past their deadline (goal: none).
 
-A node restarted by a fault is a new process: it is judged from the end
-of its own warm-up, when it lives at least one more warm-up after that.
-``--short`` is one minute with a fault every 20 seconds, for CI; it
-judges only stuck calls and single activation (a minute says nothing
-about growth). Writes ``test-output/soak-summary.json`` and exits 1 when
+The gate process and the driver live the whole run and are each judged
+on their own. A node restarted by a fault is a new process: it is judged
+from the end of its own warm-up, when it lives at least one more warm-up
+after that. ``--short`` is one minute with a fault every 20 seconds, for
+CI; it judges only stuck calls and single activation (a minute says
+nothing about growth). Writes ``test-output/soak-summary.json`` and exits 1 when
 a judged goal is missed.
 """
 
@@ -37,7 +49,6 @@ import os  # noqa: E402
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 import argparse  # noqa: E402
-import gc  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import random  # noqa: E402
@@ -47,12 +58,12 @@ import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
-import greenlet  # noqa: E402
 
+from goverse.runtime import greenlet_counts  # noqa: E402
 from tests.faults import checks  # noqa: E402
-from tests.faults.harness import OP_TIMEOUT, FaultCluster  # noqa: E402
+from tests.faults.harness import GATE_MODES, OP_TIMEOUT, FaultCluster  # noqa: E402
 from tests.faults.runner import distribution, machine, output_dir  # noqa: E402
-from tests.faults.schedule import FAULTS  # noqa: E402
+from tests.faults.schedule import FAULTS, Trial  # noqa: E402
 from tests.faults.workload import Workload  # noqa: E402
 
 #: Goals of the verdict.
@@ -70,6 +81,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=120.0,
                         help="seconds of load before growth is measured (default 120)")
     parser.add_argument("--sample-interval", type=float, default=5.0)
+    parser.add_argument("--gate", choices=GATE_MODES, default="process",
+                        help="run the gate as a bin/goverse-gate process, judged on its own "
+                             "(default), or inline, in the driver process")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--output", default=os.path.join(output_dir(), "soak-summary.json"))
     args = parser.parse_args(argv)
@@ -92,22 +106,37 @@ def process_sample(pid: int) -> dict[str, int] | None:
     return {"rss_kb": rss, "fds": fds}
 
 
-def greenlet_count() -> int:
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet.greenlet))
-
-
 class Sampler:
-    """Samples every process of the run; one series per process id."""
+    """Samples every process of the run; one series per process id.
+
+    Node processes, the gate process (when the gate runs in one) and this
+    process, the driver, each give their ``VmRSS`` and descriptors. The
+    driver and the gate process also give their greenlet count (greenlet
+    objects alive in the process, the hub threadpool's threads among them)
+    and their threadpool size: the driver reads its own, the gate process
+    answers ``GET /api/v1/status?greenlets=1``.
+    """
 
     def __init__(self, cluster: FaultCluster) -> None:
         self.cluster = cluster
         self.series: dict[int, list[dict[str, Any]]] = {}
         self.labels: dict[int, str] = {}
+        #: Processes that live the whole run, judged from the end of the warm-up.
+        self.whole_run = {os.getpid()}
+        if cluster.gate_mode == "process":
+            self.whole_run.add(cluster.gate.pid)
+
+    def targets(self) -> list[tuple[int | None, str]]:
+        found = [(proc.pid, "node %s" % proc.address) for proc in self.cluster.procs]
+        if self.cluster.gate_mode == "process":
+            found.append((self.cluster.gate.pid, "gate %s" % self.cluster.gate.address))
+            found.append((os.getpid(), "driver"))
+        else:
+            found.append((os.getpid(), "driver+gate"))
+        return found
 
     def sample(self, now: float, settled: bool) -> None:
-        targets = [(proc.pid, "node %s" % proc.address) for proc in self.cluster.procs]
-        targets.append((os.getpid(), "driver+gate"))
-        for pid, label in targets:
+        for pid, label in self.targets():
             if pid is None:
                 continue
             found = process_sample(pid)
@@ -115,7 +144,14 @@ class Sampler:
                 continue
             found.update(t=now, settled=settled)
             if pid == os.getpid():
-                found["greenlets"] = greenlet_count()
+                found.update(greenlet_counts())
+            elif label.startswith("gate"):
+                try:
+                    status = self.cluster.gate_status(greenlets=1)
+                    found.update(greenlets=status["greenlets"],
+                                 threadpool_threads=status["threadpool_threads"])
+                except (OSError, KeyError, ValueError):
+                    pass  # a busy gate answers next time; the memory sample stands
             self.series.setdefault(pid, []).append(found)
             self.labels[pid] = label
 
@@ -123,7 +159,7 @@ class Sampler:
         """Growth of each process from ``since`` (a node: its own warm-up) to the end."""
         rows = []
         for pid, points in self.series.items():
-            start = since if pid == os.getpid() else max(since, points[0]["t"] + warmup)
+            start = since if pid in self.whole_run else max(since, points[0]["t"] + warmup)
             later = [p for p in points if p["t"] >= start]
             if len(later) < 4 or later[-1]["t"] - later[0]["t"] < warmup:
                 continue  # too short a life to judge
@@ -143,9 +179,13 @@ class Sampler:
         if len(settled) >= 2:
             row["fds_start"], row["fds_end"] = settled[0]["fds"], settled[-1]["fds"]
             row["fd_growth"] = settled[-1]["fds"] - settled[0]["fds"]
-        if "greenlets" in first:
-            row["greenlets_start"] = first["greenlets"]
-            row["greenlets_end"] = points[-1]["greenlets"]
+        counted = [p for p in points if "greenlets" in p]
+        if counted:
+            row["greenlets_start"] = counted[0]["greenlets"]
+            row["greenlets_end"] = counted[-1]["greenlets"]
+            row["greenlets_max"] = max(p["greenlets"] for p in counted)
+            row["threadpool_start"] = counted[0]["threadpool_threads"]
+            row["threadpool_end"] = counted[-1]["threadpool_threads"]
         return row
 
 
@@ -155,40 +195,56 @@ class Sampler:
 def soak(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     from tests import gate_objects, sample_objects  # noqa: F401  (decode their replies)
 
-    cluster = FaultCluster(workdir).start()
+    # Every child (etcd, nodes, gate) is stopped here on every way out, and
+    # dies with this process if it is killed outright.
+    cluster = FaultCluster(workdir, gate=args.gate).start()
+    try:
+        return run(args, cluster)
+    finally:
+        cluster.close()
+
+
+def run(args: argparse.Namespace, cluster: FaultCluster) -> dict[str, Any]:
     sampler = Sampler(cluster)
     rng = random.Random(args.seed)
     rotation = list(FAULTS)
     load = Workload(cluster.gate.address, seed=args.seed, keep_all=False).start()
     started = time.monotonic()
     stop_at = started + args.minutes * 60
-    faults: list[gevent.Greenlet] = []
     next_fault = started + args.fault_interval
+    injected = 0
+    trials: list[Trial] = []
+    # One fault at a time; a finished one leaves its trials, not its
+    # greenlet, so that the driver's greenlet count stays flat.
+    fault: gevent.Greenlet | None = None
     try:
         while time.monotonic() < stop_at:
             now = time.monotonic()
-            busy = bool(faults) and not faults[-1].ready()
-            sampler.sample(now, not busy and cluster.observer.cluster.is_settled())
-            if now >= next_fault and not busy:
-                kind = rotation[len(faults) % len(rotation)]
+            if fault is not None and fault.ready():
+                trials.extend(fault.get())  # a fault that failed ends the run here
+                fault = None
+            sampler.sample(now, fault is None and cluster.settled())
+            if now >= next_fault and fault is None:
+                kind = rotation[injected % len(rotation)]
                 print("%6.0fs  %s" % (now - started, kind), flush=True)
-                faults.append(gevent.spawn(FAULTS[kind], cluster, rng))
+                fault = gevent.spawn(FAULTS[kind], cluster, rng)
+                injected += 1
                 next_fault = now + args.fault_interval
             gevent.sleep(args.sample_interval)
-        gevent.joinall(faults, raise_error=True)
+        if fault is not None:
+            trials.extend(fault.get())
+            fault = None
     finally:
+        if fault is not None:
+            fault.kill()
         load.stop()
     cluster.wait_ready(time.monotonic(), settle=True)
     sampler.sample(time.monotonic(), True)
-    trials = [trial for fault in faults for trial in fault.value]
-    try:
-        return verdict(args, cluster, sampler, load, trials, started)
-    finally:
-        cluster.close()
+    return verdict(args, cluster, sampler, load, trials, started)
 
 
 def verdict(args: argparse.Namespace, cluster: FaultCluster, sampler: Sampler,
-            load: Workload, trials: list[Any], started: float) -> dict[str, Any]:
+            load: Workload, trials: list[Trial], started: float) -> dict[str, Any]:
     growth = sampler.growth(started + args.warmup, args.warmup)
     deadline_check = checks.deadlines(load.ops, OP_TIMEOUT)
     # Only the failed and the slow operations were kept: totals come from the load.
@@ -206,7 +262,7 @@ def verdict(args: argparse.Namespace, cluster: FaultCluster, sampler: Sampler,
     # must hold at any length.
     judged = (["no_stuck_calls", "single_activation"] if args.short else sorted(goals))
     return {
-        "minutes": args.minutes, "fault_interval_s": args.fault_interval,
+        "minutes": args.minutes, "fault_interval_s": args.fault_interval, "gate": args.gate,
         "warmup_s": args.warmup, "faults": len(trials),
         "faults_by_kind": {k: sum(1 for t in trials if t.fault == k) for k in FAULTS},
         "recovery_s": distribution([t.recovery for t in trials]),
@@ -222,15 +278,18 @@ def verdict(args: argparse.Namespace, cluster: FaultCluster, sampler: Sampler,
 def print_report(result: dict[str, Any]) -> None:
     print("\nsoak: %.1f min, %d faults %s, recovery %s" % (
         result["minutes"], result["faults"], result["faults_by_kind"], result["recovery_s"]))
-    print("%-28s %8s %11s %11s %8s %10s %10s" % (
-        "process", "seconds", "rss start", "rss end", "growth", "fds", "greenlets"))
+    print("%-28s %8s %11s %11s %8s %10s %10s %10s" % (
+        "process", "seconds", "rss start", "rss end", "growth", "fds", "greenlets",
+        "threads"))
     for row in result["processes"]:
         fds = "%s->%s" % (row.get("fds_start", "?"), row.get("fds_end", "?"))
-        greenlets = "%s->%s" % (row["greenlets_start"], row["greenlets_end"]) if (
-            "greenlets_start" in row) else ""
-        print("%-28s %8.0f %8d kB %8d kB %7.1f%% %10s %10s" % (
+        greenlets = threads = ""
+        if "greenlets_start" in row:
+            greenlets = "%s->%s" % (row["greenlets_start"], row["greenlets_end"])
+            threads = "%s->%s" % (row["threadpool_start"], row["threadpool_end"])
+        print("%-28s %8.0f %8d kB %8d kB %7.1f%% %10s %10s %10s" % (
             row["process"], row["seconds"], row["rss_start_kb"], row["rss_end_kb"],
-            100 * row["rss_growth"], fds, greenlets))
+            100 * row["rss_growth"], fds, greenlets, threads))
     d = result["deadlines"]
     print("operations: %d, stuck %d, late %d, slowest %.2fs; ops %s" % (
         d["ops"], d["stuck"], d["late"], d["slowest_s"], result["ops"]))
@@ -245,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     # ending, say): its log goes to a file beside the nodes' logs.
     logging.basicConfig(level=logging.WARNING, filename=os.path.join(workdir, "driver.log"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print("soak for %.1f min, fault every %.0f s; logs in %s" % (
-        args.minutes, args.fault_interval, workdir), flush=True)
+    print("soak for %.1f min, fault every %.0f s, gate %s; logs in %s" % (
+        args.minutes, args.fault_interval, args.gate, workdir), flush=True)
     result = soak(args, workdir)
     print_report(result)
     os.makedirs(os.path.dirname(args.output), exist_ok=True)

@@ -196,9 +196,9 @@ def _object_owned_by(cluster: FaultCluster, address: str) -> str:
 
 
 def _answer(cluster: FaultCluster, object_id: str) -> str | None:
-    """The node ``object_id`` answers from, through the observer; None if no answer."""
+    """The node ``object_id`` answers from, through the gate; None if no answer."""
     try:
-        return cluster.observer.call_object("Counter", object_id, "Where",
-                                            StringValue(), timeout=1.0).value
+        return cluster.call_through_gate("Counter", object_id, "Where", StringValue(),
+                                         StringValue, timeout=1.0).value
     except GoverseError:
         return None

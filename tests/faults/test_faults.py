@@ -6,7 +6,9 @@ object-to-object calls, pushes), injects one kind of fault
 ``GOVERSE_FAULT_TRIALS`` times (1 by default), and checks: no object
 active on two nodes at once, every operation answered within its
 deadline, acknowledged creates and deletes reflected (see checks.py).
-Results go to ``test-output/faults-summary.json``; the full run::
+The gate runs in the test process, or with ``GOVERSE_FAULT_GATE=process``
+as a ``bin/goverse-gate`` child. Results go to
+``test-output/faults-summary.json``; the full run::
 
     GOVERSE_FAULT_TRIALS=10 .venv/bin/python -m pytest tests/faults -m faults
     .venv/bin/python -m tests.faults.report
@@ -18,7 +20,7 @@ import json
 
 import pytest
 
-from .harness import FaultCluster
+from .harness import FaultCluster, gate_mode_from_env
 from .runner import failed_checks, run_fault, trials_from_env, write_summary
 from .schedule import FAULTS
 
@@ -29,7 +31,7 @@ pytestmark = pytest.mark.faults
 def fault_cluster(tmp_path):
     from tests import gate_objects, sample_objects  # noqa: F401  (decode their replies)
 
-    cluster = FaultCluster(str(tmp_path))
+    cluster = FaultCluster(str(tmp_path), gate=gate_mode_from_env())
     try:
         yield cluster.start()
     finally:
