@@ -125,6 +125,9 @@ class OperationLog:
         self._max_records = max_records
         self._max_age = max_age
 
+    def __len__(self) -> int:
+        return len(self._records)
+
     def add(self, op: Operation) -> None:
         self._records[op.id] = op
         self._trim()
@@ -142,12 +145,22 @@ class OperationLog:
         return failed[:limit]
 
     def _trim(self) -> None:
+        """Drop finished records past the age limit, and the oldest past the count limit.
+
+        A pending record is never dropped, and never holds up the finished
+        ones behind it either: one whose greenlet died inside it (a caller
+        that waited under a ``gevent.Timeout``, say) stays pending for good.
+        It goes to the back instead; each record is looked at once at most.
+        """
         now = time.monotonic()
         records = self._records
-        while records:
-            op = next(iter(records.values()))
+        for _ in range(len(records)):
+            op_id, op = next(iter(records.items()))
+            if not op.done():
+                records.move_to_end(op_id)
+                continue
             too_many = len(records) > self._max_records
-            too_old = op.finished is not None and now - op.finished > self._max_age
-            if not (too_many and op.done()) and not too_old:
+            too_old = now - (op.finished or now) > self._max_age
+            if not (too_many or too_old):
                 break
             records.popitem(last=False)

@@ -10,6 +10,7 @@ from google.protobuf.wrappers_pb2 import StringValue
 
 import goverse
 from goverse import OperationStatus
+from goverse.operations import Operation, OperationLog
 from goverse.testing import wait_until
 from tests import reentrant_objects  # noqa: F401  (registers the types)
 
@@ -144,3 +145,36 @@ def test_opentelemetry_span_context_crosses_nodes(two_nodes):
         seen = first.call_object("Hop", "%s/otel" % second.address, "TraceId",
                                  StringValue(), timeout=5)
     assert trace is not None and seen.value == expected
+
+
+def finished_operation(object_id: str) -> Operation:
+    op = Operation("CreateObject", object_id, spawn=gevent.spawn)
+    op.succeed(object_id)
+    return op
+
+
+def test_an_operation_left_pending_does_not_stop_the_log_from_trimming():
+    # A wait=True create whose caller is killed, or times out under a
+    # gevent.Timeout, is never finished: its record stays pending.
+    log = OperationLog(max_records=5, max_age=600.0)
+    abandoned = Operation("CreateObject", "abandoned", spawn=gevent.spawn)
+    log.add(abandoned)
+    first = finished_operation("first")
+    log.add(first)
+    for n in range(1000):
+        log.add(finished_operation("op-%d" % n))
+
+    assert len(log) <= 6
+    assert log.get(abandoned.id) is abandoned and log.pending() == [abandoned]
+    assert log.get(first.id) is None
+
+
+def test_old_finished_operations_go_even_behind_a_pending_one():
+    log = OperationLog(max_records=100, max_age=0.0)
+    running = Operation("DeleteObject", "running", spawn=gevent.spawn)
+    log.add(running)
+    log.add(finished_operation("done"))
+    gevent.sleep(0.01)
+
+    assert log.get(running.id) is running
+    assert len(log) == 1
