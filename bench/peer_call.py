@@ -6,6 +6,8 @@ The bench process runs an in-process node (the callers' side); a
 ``goverse.call_object``, which batches the requests on one stream. The
 baseline is the node's unary ``CallObject`` RPC from the same process to
 the same objects with the same payload: one gRPC call per object call.
+Both sides also note the CPU each process spent per call, a figure that
+shared cores disturb less than the rates.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from google.protobuf.wrappers_pb2 import Int64Value
 import goverse
 from goverse._pb import goverse_pb2 as pb
 
+from .gates import cpu_seconds
 from .harness import Outcome, Run, drive, percentile, start_node, start_processes
 
 NAME = "peer-call"
@@ -47,8 +50,9 @@ def _measure(ctx: Run) -> dict[str, Any]:
         for object_id in ids:  # activate them all before timing
             goverse.call_object("BenchCounter", object_id, "Add", request)
         figures = {"calls": calls, "unary_calls": unary_calls}
-        figures.update(_stream_side(ids, request, calls))
-        figures.update(_unary_side(procs[0].stub(), ids, request, unary_calls))
+        pid = procs[0].pid
+        figures.update(_stream_side(ids, request, calls, pid))
+        figures.update(_unary_side(procs[0].stub(), ids, request, unary_calls, pid))
         return figures
     finally:
         if node is not None:
@@ -57,17 +61,29 @@ def _measure(ctx: Run) -> dict[str, Any]:
             proc.close()
 
 
-def _stream_side(ids: list[str], request: Int64Value, calls: int) -> dict[str, float]:
+def _stream_side(ids: list[str], request: Int64Value, calls: int,
+                 pid: int) -> dict[str, float]:
     def call(k: int, n: int) -> None:
         goverse.call_object("BenchCounter", ids[(k * 7 + n) % OBJECTS], "Add", request)
 
     drive(call, min(calls, 5_000), CALLERS)  # warm the stream
+    return _timed(call, calls, pid, "")
+
+
+def _timed(call: Any, calls: int, pid: int, prefix: str) -> dict[str, float]:
+    """Drive ``calls``; their rate, latency and CPU per call of both processes."""
+    before = cpu_seconds(), cpu_seconds(pid)
     rate, samples = drive(call, calls, CALLERS)
-    return {"rate": rate, "p50": percentile(samples, 0.5), "p99": percentile(samples, 0.99)}
+    after = cpu_seconds(), cpu_seconds(pid)
+    done = len(samples)
+    return {prefix + "rate": rate, prefix + "p50": percentile(samples, 0.5),
+            prefix + "p99": percentile(samples, 0.99),
+            prefix + "cpu_bench": (after[0] - before[0]) / done * 1e6,
+            prefix + "cpu_node": (after[1] - before[1]) / done * 1e6}
 
 
 def _unary_side(stub: Any, ids: list[str], request: Int64Value,
-                calls: int) -> dict[str, float]:
+                calls: int, pid: int) -> dict[str, float]:
     packed = any_pb2.Any()
     packed.Pack(request)
     messages = [pb.CallObjectRequest(id=object_id, type="BenchCounter", method="Add",
@@ -77,9 +93,7 @@ def _unary_side(stub: Any, ids: list[str], request: Int64Value,
         stub.CallObject(messages[(k * 7 + n) % OBJECTS], timeout=30)
 
     drive(call, min(calls, 500), CALLERS)
-    rate, samples = drive(call, calls, CALLERS)
-    return {"unary_rate": rate, "unary_p50": percentile(samples, 0.5),
-            "unary_p99": percentile(samples, 0.99)}
+    return _timed(call, calls, pid, "unary_")
 
 
 def run(ctx: Run) -> Outcome:
@@ -97,4 +111,7 @@ def run(ctx: Run) -> Outcome:
     out.note("%d stream calls and %d unary calls, %d callers over %d objects pinned "
              "to the child node; payload Int64Value both ways." % (
                  m["calls"], m["unary_calls"], CALLERS, OBJECTS))
+    out.note("CPU per call (us), stream side: bench %.1f, node %.1f; unary side: "
+             "bench %.0f, node %.0f." % (m["cpu_bench"], m["cpu_node"],
+                                         m["unary_cpu_bench"], m["unary_cpu_node"]))
     return out

@@ -61,7 +61,9 @@ from .transport import (
     add_node_service,
     channel_options,
     pack,
+    pack_into,
     response_or_raise,
+    unpack,
 )
 
 log = logging.getLogger(__name__)
@@ -141,6 +143,7 @@ class Node:
         # Read on every call: kept out of the settings object's lookups.
         self._call_timeout = self.settings.call_timeout
         self._num_shards = self.settings.num_shards
+        self._max_message_bytes = self.settings.max_message_bytes
         # Chain ids only need to be unique: a random prefix and a counter
         # are much cheaper than a uuid per call.
         self._chain_prefix = uuid.uuid4().hex[:12]
@@ -324,7 +327,7 @@ class Node:
         return context.spawn_in_copy(self._background, fn, *args)
 
     def spawn_request(self, fn: Callable[..., Any], *args: Any) -> gevent.Greenlet:
-        """A greenlet serving a request from another node, in an empty context."""
+        """A greenlet serving requests from another node, in an empty context."""
         return context.spawn_fresh(self._calls, fn, *args)
 
     def spawn_detached(self, fn: Callable[..., Any], *args: Any) -> gevent.Greenlet:
@@ -368,15 +371,16 @@ class Node:
 
     def _call_remote(self, peer: PeerClient, type_name: str, object_id: str, method: str,
                      request: Any, epoch: int, left: float) -> Any:
-        size = request.ByteSize()
-        if size > self.settings.max_message_bytes:
-            # Checked before packing: serialising a huge message would stall
-            # this node's event loop only to be refused afterwards.
+        # Encoded once: the bytes give the size to check and go into the Any
+        # as they are (a protobuf's ByteSize() costs as much as encoding it).
+        packed = pack(request)
+        size = len(packed.value)
+        if size > self._max_message_bytes:
             raise MessageTooLarge("request for %s(%s).%s is %d bytes; the limit is %d" % (
-                type_name, object_id, method, size, self.settings.max_message_bytes))
+                type_name, object_id, method, size, self._max_message_bytes))
         response = self._peer_request(peer, pb.PEER_OP_CALL, left, epoch=epoch,
                                       type=type_name, id=object_id, method=method,
-                                      request=pack(request))
+                                      request=packed)
         return self._decode_response(type_name, method, response.response)
 
     def _decode_response(self, type_name: str, method: str, packed: Any) -> Any:
@@ -384,10 +388,8 @@ class Node:
         if cls is None or method not in cls._goverse_methods:
             return packed
         spec, _ = lookup_method(cls, method)
-        message = spec.response_type()
-        if not packed.Unpack(message):
-            return packed
-        return message
+        message = unpack(packed, spec.response_type)
+        return packed if message is None else message
 
     def _route(self, place: Placement, object_id: str, deadline: float, what: str,
                *, local: Callable[[int], Any],
@@ -530,10 +532,14 @@ class Node:
                     peer.close()
 
     def _peer_request(self, peer: PeerClient, op: int, left: float, **fields: Any) -> Any:
+        values = context._values.get(None)
         request = pb.PeerRequest(
-            op=op, timeout=left, context=context.encode_values(),
-            chain=context.call_chain() or "", caller=context.current_object() or "",
-            client_id=str(context.context.get("client_id", "")), **fields)
+            op=op, timeout=left, chain=context._chain.get() or "",
+            caller=context.current_object() or "", **fields)
+        if values:
+            request.client_id = str(values.get("client_id", ""))
+        if values or _tracing():
+            request.context = context.encode_values()
         return response_or_raise(peer.request(request, left))
 
     def _enter_call(self, timeout: float | None) -> tuple[float, Any, Any, Any]:
@@ -634,7 +640,7 @@ class Node:
         if request.op == pb.PEER_OP_CALL:
             response = self.call_owned(request.type, request.id, request.method,
                                        request.request, epoch=request.epoch)
-            answer.response.CopyFrom(pack(response))
+            pack_into(answer.response, response)
         elif request.op == pb.PEER_OP_CREATE:
             self.create_owned(request.type, request.id, epoch=request.epoch)
         elif request.op == pb.PEER_OP_DELETE:
@@ -849,6 +855,17 @@ def _check_call_arguments(registry: TypeRegistry, type_name: Any, method: Any,
         expected = spec.request_type.DESCRIPTOR.full_name
     raise WrongMessageType("%s.%s takes %s, got %s" % (
         type_name, method, expected, type(request).__name__))
+
+
+def _tracing() -> bool:
+    """Has OpenTelemetry anything to propagate (a span, baggage) in this context?
+
+    An empty OpenTelemetry context gives the standard propagators nothing
+    to inject, so a call without goverse values and without one sends no
+    context at all and skips the JSON encoding.
+    """
+    otel = context._opentelemetry()
+    return bool(otel) and bool(otel[0].get_current())
 
 
 def _trace() -> str:

@@ -6,7 +6,9 @@ carries a batch of tagged requests (or responses): under gevent a gRPC
 message costs about a millisecond of CPU whatever its size, so batching is
 what makes cross-node calls fast. Requests are handled in greenlets owned
 by the node, never inside grpc's server thread pool, so nested calls
-(A to B to A) cannot exhaust it.
+(A to B to A) cannot exhaust it. The requests of a received batch share a
+greenlet until one of them blocks (see :class:`_BatchService`), and each
+connection has one deadline sweeper instead of a timer per request.
 
 The plain unary RPCs of the published node protocol stay for tools; they
 serve only objects this node owns and refuse the rest naming the owner.
@@ -14,6 +16,8 @@ serve only objects this node owns and refuse the rest naming the owner.
 
 from __future__ import annotations
 
+import contextvars
+import heapq
 import itertools
 import logging
 import time
@@ -21,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import gevent
 import grpc
-from gevent.event import AsyncResult
+from gevent.event import Event
+from gevent.hub import Waiter
 from gevent.queue import Empty as QueueEmpty
 from gevent.queue import Queue
 from google.protobuf import any_pb2
@@ -51,6 +56,9 @@ log = logging.getLogger(__name__)
 
 _END = object()
 
+#: What the deadline sweeper answers a request whose time ran out.
+_EXPIRED = object()
+
 #: Seconds a frame of a busy connection waits for more items (see _batches).
 LINGER = 0.002
 
@@ -69,12 +77,35 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     ]
 
 
+#: The type URL prefix ``Any.Pack`` uses.
+_TYPE_URL_PREFIX = "type.googleapis.com/"
+
+
 def pack(message: Any) -> any_pb2.Any:
+    """``message`` in an ``Any``, as ``Any.Pack`` makes it (an ``Any`` is kept as is)."""
     if isinstance(message, any_pb2.Any):
         return message
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
+    return any_pb2.Any(type_url=_TYPE_URL_PREFIX + message.DESCRIPTOR.full_name,
+                       value=message.SerializeToString())
+
+
+def pack_into(target: any_pb2.Any, message: Any) -> None:
+    """Fill ``target`` as :func:`pack` would, without a second ``Any`` to copy."""
+    if isinstance(message, any_pb2.Any):
+        target.CopyFrom(message)
+        return
+    target.type_url = _TYPE_URL_PREFIX + message.DESCRIPTOR.full_name
+    target.value = message.SerializeToString()
+
+
+def unpack(packed: any_pb2.Any, message_type: Any) -> Any:
+    """The ``message_type`` inside ``packed``, or None when it holds another type."""
+    head, slash, name = packed.type_url.rpartition("/")
+    if not slash or name != message_type.DESCRIPTOR.full_name:
+        return None
+    message = message_type()
+    message.ParseFromString(packed.value)
+    return message
 
 
 # ---- the server ------------------------------------------------------------
@@ -189,30 +220,88 @@ class NodeServicer(pb_grpc.GoverseServicer):
 
     def _read_requests(self, request_iterator: Iterator[pb.PeerBatch], answers: Queue,
                        working: list[int]) -> None:
-        answering: set[gevent.Greenlet] = set()
+        serving: set[gevent.Greenlet] = set()
         try:
             for batch in request_iterator:
                 if self.node.partitioned:
                     break
-                for request in batch.requests:
-                    # The request brings its own context: nothing to copy.
-                    working[0] += 1
-                    greenlet = self.node.spawn_request(self._answer, request, answers,
-                                                       working)
-                    answering.add(greenlet)
-                    greenlet.link(answering.discard)
+                if batch.requests:
+                    working[0] += len(batch.requests)
+                    _BatchService(self.node, batch.requests, answers, working,
+                                  serving).start()
             # The caller closed its side: it still waits for the answers.
-            gevent.joinall(list(answering))
+            # A worker that blocks starts another, so join until none is left.
+            while serving:
+                gevent.joinall(list(serving))
         except grpc.RpcError as exc:
             log.debug("peer stream to %s ended: %s", self.node.address, exc)
         finally:
             answers.put(_END)
 
-    def _answer(self, request: pb.PeerRequest, answers: Queue, working: list[int]) -> None:
+
+class _BatchService:
+    """Serves the requests of one received batch, in as few greenlets as it can.
+
+    A greenlet per request costs more than most requests (its creation,
+    its stack, and the garbage collections its allocations trigger), yet
+    a request that blocks (waiting for an object's turn, or calling
+    another node) must not hold up the ones behind it: one of those may be
+    the call that would let it go on (A calls B calls A across nodes).
+
+    So a worker serves the requests one after another and, while it
+    serves one, keeps a callback armed in the hub. The hub runs callbacks
+    only when the running greenlet yields, so the callback fires exactly
+    when a request blocks (or yields), and starts another worker for the
+    rest of the batch. A batch whose requests never block is served by
+    one greenlet; one whose requests all block gets one per request, as
+    before. Workers take requests from a shared index, so each request is
+    served once whichever worker gets to it.
+    """
+
+    __slots__ = ("_node", "_requests", "_count", "_next", "_answers", "_working",
+                 "_serving")
+
+    def __init__(self, node: Node, requests: Any, answers: Queue, working: list[int],
+                 serving: set[gevent.Greenlet]) -> None:
+        self._node = node
+        self._requests = requests
+        self._count = len(requests)
+        self._next = 0
+        self._answers = answers
+        self._working = working
+        self._serving = serving
+
+    def start(self) -> None:
+        # The worker starts in an empty context; each request installs its own.
+        worker = self._node.spawn_request(self._serve)
+        self._serving.add(worker)
+        worker.link(self._serving.discard)
+
+    def _serve(self) -> None:
+        loop = gevent.get_hub().loop
+        handoff = None
         try:
-            answers.put(self.node.handle_peer_request(request))
+            while self._next < self._count:
+                request = self._requests[self._next]
+                self._next += 1
+                if handoff is None or not handoff.pending:
+                    handoff = loop.run_callback(self._hand_off)
+                try:
+                    # A context per request: nothing one request sets
+                    # (in contextvars) is seen by the next one.
+                    answer = contextvars.Context().run(self._node.handle_peer_request,
+                                                       request)
+                    self._answers.put((answer, answer.ByteSize()))
+                finally:
+                    self._working[0] -= 1
         finally:
-            working[0] -= 1
+            if handoff is not None:
+                handoff.stop()
+
+    def _hand_off(self) -> None:
+        """Run by the hub: a worker yielded, so another takes the rest."""
+        if self._next < self._count:
+            self.start()
 
 
 def _unary(ctx: grpc.ServicerContext, run: Any, client_id: str = "") -> Any:
@@ -241,8 +330,11 @@ def _batches(queue: Queue, limit: int, batch_type: Any, field: str,
              max_bytes: int, busy: Callable[[], bool] | None = None) -> Iterator[Any]:
     """Drain ``queue`` into frames of up to ``limit`` items until ``_END``.
 
-    A frame also stays under ``max_bytes`` (the peer refuses larger
-    messages): an item that would overflow it opens the next frame.
+    Items are ``(message, size)`` pairs: the size is measured once, where
+    the message is made (a protobuf's ``ByteSize()`` costs about as much
+    as encoding it). A frame also stays under ``max_bytes`` (the peer
+    refuses larger messages): an item that would overflow it opens the
+    next frame.
 
     A gRPC message costs about as much CPU as the call it carries, so
     while the connection is ``busy`` (more items are surely on their way)
@@ -256,8 +348,8 @@ def _batches(queue: Queue, limit: int, batch_type: Any, field: str,
         carry = None
         if item is _END:
             return
-        items = [item]
-        size = item.ByteSize()
+        message, size = item
+        items = [message]
         ended = False
         if busy is not None and queue.empty() and busy():
             gevent.sleep(LINGER)
@@ -269,12 +361,11 @@ def _batches(queue: Queue, limit: int, batch_type: Any, field: str,
             if item is _END:
                 ended = True
                 break
-            item_size = item.ByteSize()
-            if size + item_size > budget:
+            if size + item[1] > budget:
                 carry = item
                 break
-            items.append(item)
-            size += item_size
+            items.append(item[0])
+            size += item[1]
         yield batch_type(**{field: items})
         if ended:
             return
@@ -290,6 +381,17 @@ class PeerClient:
     request fails at once with :class:`PeerOverloaded`. When the stream
     breaks, every request in flight fails at once with
     :class:`PeerUnavailable` and the next request opens a new stream.
+
+    Each waiting caller sleeps on a bare gevent ``Waiter``. Whoever takes a
+    request out of ``_pending`` answers it (the receiver with the peer's
+    response, the sweeper when its deadline passed, a broken stream with
+    the failure), so every caller is answered exactly once; answers found
+    together are handed over in one hub callback (see :func:`_deliver`).
+
+    Deadlines are kept by one sweeper greenlet per connection rather than
+    a gevent ``Timeout`` per request: the sweeper sleeps until the earliest
+    deadline of the requests in flight and answers the expired ones, whose
+    callers then raise :class:`CallTimeout`.
     """
 
     def __init__(self, address: str, *, group: Any, batch_size: int, max_inflight: int,
@@ -306,7 +408,15 @@ class PeerClient:
             self._channel = grpc.insecure_channel(address, options=options)
         self._stub = pb_grpc.GoverseStub(self._channel)
         self._tags = itertools.count(1)
-        self._pending: dict[int, AsyncResult] = {}
+        #: The callers waiting for an answer, by request tag.
+        self._pending: dict[int, Waiter] = {}
+        #: (deadline, tag) of requests sent, earliest first. Entries of
+        #: answered requests stay until they reach the top or the heap is
+        #: rebuilt (see _expire_at).
+        self._deadlines: list[tuple[float, int]] = []
+        self._sweeper: gevent.Greenlet | None = None
+        self._sweep_at = float("inf")  # when the sweeper looks next
+        self._sweep_wake = Event()
         self._outbox: Queue | None = None
         self._receiver: gevent.Greenlet | None = None
         self._closed = False
@@ -335,25 +445,64 @@ class PeerClient:
         if len(self._pending) >= self._max_inflight:
             raise PeerOverloaded("%d requests already in flight to %s" % (
                 len(self._pending), self.address))
-        if request.ByteSize() > self._max_message_bytes:
-            raise MessageTooLarge("request to %s is %d bytes; the limit is %d" % (
-                self.address, request.ByteSize(), self._max_message_bytes))
-        outbox = self._ensure_stream()
         tag = next(self._tags)
         request.tag = tag
-        result = AsyncResult()
-        self._pending[tag] = result
+        # Measured once, with its tag, and carried to the frame (_batches).
+        size = request.ByteSize()
+        if size > self._max_message_bytes:
+            raise MessageTooLarge("request to %s is %d bytes; the limit is %d" % (
+                self.address, size, self._max_message_bytes))
+        outbox = self._ensure_stream()
+        waiter = Waiter()
+        self._pending[tag] = waiter
         try:
-            outbox.put(request)
+            self._expire_at(time.monotonic() + max(timeout, 0.0), tag)
+            outbox.put((request, size))
             self.statistics["sent"] += 1
-            return result.get(timeout=max(timeout, 0.0))
-        except gevent.Timeout:
+            answer = waiter.get()
+        finally:
+            self._pending.pop(tag, None)
+        if type(answer) is pb.PeerResponse:
+            return answer
+        if answer is _EXPIRED:
             raise CallTimeout("%s of %s(%s)%s: no answer from node %s within %.3gs" % (
                 _OP_NAMES.get(request.op, "request"), request.type, request.id,
                 "." + request.method if request.method else "", self.address,
-                timeout)) from None
-        finally:
-            self._pending.pop(tag, None)
+                timeout))
+        raise answer
+
+    def _expire_at(self, deadline: float, tag: int) -> None:
+        """Have the sweeper answer request ``tag`` if it still waits at ``deadline``."""
+        deadlines = self._deadlines
+        if len(deadlines) > 2 * len(self._pending) + 64:
+            # Mostly answered requests: shrink the heap to what is in flight,
+            # so that its size follows the requests waiting, not the rate.
+            pending = self._pending
+            deadlines[:] = [entry for entry in deadlines if entry[1] in pending]
+            heapq.heapify(deadlines)
+        heapq.heappush(deadlines, (deadline, tag))
+        if self._sweeper is None:
+            self._sweeper = self._group.spawn(self._sweep)
+        elif deadline < self._sweep_at:
+            self._sweep_wake.set()
+
+    def _sweep(self) -> None:
+        """Answer the requests whose deadline passed; sleep until the next one."""
+        deadlines = self._deadlines
+        while not self._closed:
+            now = time.monotonic()
+            expired = []
+            while deadlines and (deadlines[0][0] <= now
+                                 or deadlines[0][1] not in self._pending):
+                _, tag = heapq.heappop(deadlines)
+                waiter = self._pending.pop(tag, None)
+                if waiter is not None:
+                    expired.append((waiter, _EXPIRED))
+            if expired:
+                _deliver_soon(expired)
+            self._sweep_at = deadlines[0][0] if deadlines else float("inf")
+            self._sweep_wake.clear()
+            self._sweep_wake.wait(self._sweep_at - now if deadlines else None)
 
     def _ensure_stream(self) -> Queue:
         if self._outbox is not None:
@@ -388,10 +537,14 @@ class PeerClient:
             for batch in responses:
                 self._confirmed = True
                 self.answered_at = time.monotonic()
+                pending = self._pending
+                answered = []
                 for response in batch.responses:
-                    waiter = self._pending.get(response.tag)
-                    if waiter is not None:
-                        waiter.set(response)
+                    waiter = pending.pop(response.tag, None)
+                    if waiter is not None:  # None: its caller gave up already
+                        answered.append((waiter, response))
+                if answered:
+                    _deliver_soon(answered)
         except grpc.RpcError as exc:
             error = exc
         finally:
@@ -409,8 +562,8 @@ class PeerClient:
         never_sent = PeerUnreachable("connection to %s failed before the request was "
                                      "sent: %s" % (self.address, reason))
         pending, self._pending = self._pending, {}
-        for tag, waiter in pending.items():
-            waiter.set_exception(never_sent if tag in unsent else failure)
+        _deliver_soon([(waiter, never_sent if tag in unsent else failure)
+                       for tag, waiter in pending.items()])
         self.statistics["failed"] += len(pending)
         if self._closed and not pending:
             log.debug("stream to %s closed", self.address)
@@ -429,7 +582,7 @@ class PeerClient:
             except QueueEmpty:
                 return tags
             if item is not _END:
-                tags.add(item.tag)
+                tags.add(item[0].tag)
 
     def _failure(self, error: Exception | None, reason: str) -> PeerUnavailable:
         # A stream that never carried an answer and ended because the
@@ -449,6 +602,25 @@ class PeerClient:
         self._channel.close()
         if self._receiver is not None:
             self._receiver.join(timeout=2)
+        if self._sweeper is not None:
+            self._sweeper.kill(block=False)
+
+
+def _deliver_soon(answers: list[tuple[Waiter, Any]]) -> None:
+    """Hand each waiting caller its answer, from the hub (as ``Waiter`` needs).
+
+    One callback for many answers: the hub switches to each caller in
+    turn, and each runs until it blocks again, as it would after a
+    callback of its own. A caller no longer waiting keeps the answer
+    unread in its ``Waiter``.
+    """
+    if answers:
+        gevent.get_hub().loop.run_callback(_deliver, answers)
+
+
+def _deliver(answers: list[tuple[Waiter, Any]]) -> None:
+    for waiter, answer in answers:
+        waiter.switch(answer)
 
 
 def response_or_raise(response: pb.PeerResponse) -> pb.PeerResponse:
