@@ -319,6 +319,21 @@ def test_http_call_create_delete(gate):
     assert status == 200, body
 
 
+def test_http_ids_are_utf8(gate, stub):
+    # What a browser sends for "café-42" and "日本".
+    for quoted, object_id in (("caf%C3%A9-42", "café-42"), ("%E6%97%A5%E6%9C%AC", "日本")):
+        status, _, body = http("POST", api(gate, "objects/create/Counter/" + quoted))
+        assert (status, body) == (200, {"id": object_id})
+        status, _, body = http("POST", api(gate, "objects/call/Counter/%s/Add" % quoted),
+                               {"request": b64_any(Int64Value(value=5))})
+        assert status == 200, body
+        # The same object, under its real id, over gRPC.
+        assert unpack(call(stub, "Counter", object_id, "Get", Int64Value()),
+                      Int64Value).value == 5
+    status, _, body = http("POST", api(gate, "objects/create/Counter/caf%E9"))
+    assert status == 400 and "UTF-8" in body["error"]
+
+
 def test_http_client_id_header_reaches_the_method(gate):
     status, _, body = http("POST", api(gate, "objects/call/Counter/h-ctx/Context"),
                            {"request": b64_any(StringValue(value="client_id"))},

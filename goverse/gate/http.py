@@ -12,7 +12,8 @@ A plain WSGI application, served by gevent's WSGI server::
          (?greenlets=1 adds the process's greenlet and threadpool thread counts)
 
 ``b64 Any`` is the standard base64 of a serialized ``google.protobuf.Any``.
-Object ids may contain ``/``: the type is the first path segment after the
+Paths are percent-encoded UTF-8 (``caf%C3%A9`` is ``café``); a path that
+is not UTF-8 is a 400. Object ids may contain ``/``: the type is the first path segment after the
 verb, the method (for calls) the last one, and the id everything between.
 An ``X-Client-ID`` header names the calling client (its push stream's id),
 which methods read with ``goverse.client_id()``.
@@ -102,11 +103,11 @@ class GateHttpApp:
 
     def __call__(self, environ: dict, start_response: Callable) -> Any:
         method = environ.get("REQUEST_METHOD", "GET")
-        path = environ.get("PATH_INFO", "") or "/"
         if method == "OPTIONS":
             start_response("204 No Content", list(CORS_HEADERS))
             return [b""]
         try:
+            path = _path(environ) or "/"
             if path.startswith(API_PREFIX):
                 return self._api(environ, start_response, method, path[len(API_PREFIX):])
             return self._static(environ, start_response, method, path)
@@ -147,7 +148,8 @@ class GateHttpApp:
         # pywsgi serves the requests of one connection in one greenlet:
         # every request starts from an empty context.
         context.enter({}, chain=None, timeout=None)
-        client_id = environ.get("HTTP_X_CLIENT_ID", "").strip()
+        client_id = _utf8(environ.get("HTTP_X_CLIENT_ID", ""), "the X-Client-ID header")
+        client_id = client_id.strip()
         if client_id:
             context.context["client_id"] = client_id
 
@@ -235,6 +237,29 @@ class GateHttpApp:
 
 
 # ---- helpers --------------------------------------------------------------
+
+
+def _path(environ: dict) -> str:
+    """PATH_INFO as the text the client meant.
+
+    PEP 3333 hands the URL-decoded path over as its bytes read as latin-1;
+    URLs carry UTF-8, so ``caf%C3%A9`` must become ``café``, not ``cafÃ©``.
+    """
+    return _utf8(environ.get("PATH_INFO", ""), "the URL path")
+
+
+def _utf8(wsgi_text: str, what: str) -> str:
+    """Re-decode a latin-1 WSGI string as UTF-8; 400 when it is not UTF-8."""
+    try:
+        raw = wsgi_text.encode("latin-1")
+    except UnicodeEncodeError:
+        return wsgi_text  # a server that already decoded it as text
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest("%s is not valid UTF-8 once percent-decoded (byte 0x%02x at "
+                         "offset %d of %r)" % (what, raw[exc.start], exc.start,
+                                               raw[:200])) from None
 
 
 def _split_verb(rest: str) -> tuple[str, str, str]:
