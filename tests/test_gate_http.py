@@ -8,10 +8,10 @@ import json
 from types import SimpleNamespace
 
 from google.protobuf import any_pb2
-from google.protobuf.wrappers_pb2 import Int64Value
+from google.protobuf.wrappers_pb2 import BytesValue, Int64Value
 
 import goverse
-from goverse.gate.http import GateHttpApp
+from goverse.gate.http import GateHttpApp, body_limit
 
 
 class FakeNode:
@@ -59,9 +59,9 @@ def request(app, method: str, wire_path: bytes, body: bytes = b"",
     return seen["status"], json.loads(b"".join(chunks))
 
 
-def call_body() -> bytes:
+def body_of(message) -> bytes:
     packed = any_pb2.Any()
-    packed.Pack(Int64Value(value=3))
+    packed.Pack(message)
     return json.dumps({"request": base64.b64encode(packed.SerializeToString()).decode()}
                       ).encode()
 
@@ -72,7 +72,7 @@ def test_non_ascii_ids_types_and_methods_arrive_as_utf8_text():
     status, answer = request(app, "POST", b"/api/v1/objects/create/Counter/" + café)
     assert (status, answer) == (200, {"id": "café-42"})
     status, _ = request(app, "POST", "/api/v1/objects/call/Zähler/日本/Füge".encode(),
-                        call_body())
+                        body_of(Int64Value(value=3)))
     assert status == 200
     status, _ = request(app, "POST", "/api/v1/objects/delete/Counter/日本".encode())
     assert status == 200
@@ -92,5 +92,27 @@ def test_a_path_that_is_not_utf8_is_a_bad_request_that_says_so():
 def test_the_client_id_header_is_read_as_utf8():
     app, _ = make_app()
     status, answer = request(app, "POST", b"/api/v1/objects/call/Counter/x/Add",
-                             call_body(), {"HTTP_X_CLIENT_ID": "\xff"})
+                             body_of(Int64Value(value=3)), {"HTTP_X_CLIENT_ID": "\xff"})
     assert status == 400 and "X-Client-ID" in answer["error"]
+
+
+def test_the_body_limit_follows_max_message_bytes():
+    big = 12 * 1024 * 1024
+    app, node = make_app(max_message_bytes=big)
+    # A message as large as the setting allows gets through as base64 JSON.
+    status, answer = request(app, "POST", b"/api/v1/objects/call/Counter/x/Add",
+                             body_of(BytesValue(value=b"x" * (big - 64))))
+    assert status == 200, answer
+    assert node.asked == [("call", "Counter", "x", "Add")]
+
+
+def test_a_body_over_the_limit_is_413_naming_the_limit():
+    app, node = make_app(max_message_bytes=1024)
+    limit = body_limit(1024)
+    status, answer = request(app, "POST", b"/api/v1/objects/call/Counter/x/Add",
+                             b" " * (limit + 1))
+    assert status == 413 and answer["code"] == "RESOURCE_EXHAUSTED"
+    assert str(limit) in answer["error"] and "max_message_bytes 1024" in answer["error"]
+    status, _ = request(app, "POST", b"/api/v1/objects/call/Counter/x/Add",
+                        body_of(BytesValue(value=b"x" * 1000)))
+    assert status == 200

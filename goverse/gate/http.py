@@ -20,7 +20,9 @@ which methods read with ``goverse.client_id()``.
 
 Errors are JSON ``{"error": message, "code": gRPC status name, "kind":
 goverse error class}`` with status 400 for a bad path, body, base64 or
-protobuf, 404 for an unknown object type or method, and 500 otherwise.
+protobuf, 404 for an unknown object type or method, 413 for a body larger
+than a ``max_message_bytes`` message as base64 in JSON (:func:`body_limit`),
+and 500 otherwise.
 Every response carries CORS headers, and ``OPTIONS`` answers 204, so a page
 served from elsewhere may use the API too.
 """
@@ -57,8 +59,14 @@ log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1/"
 
-#: Largest request body accepted, in bytes.
-MAX_BODY = 8 * 1024 * 1024
+#: Room in a request body beyond the base64 of its message: the Any's
+#: type URL and the JSON around the string.
+BODY_OVERHEAD = 64 * 1024
+
+
+def body_limit(max_message_bytes: int) -> int:
+    """Largest HTTP body accepted: a ``max_message_bytes`` message as base64 in JSON."""
+    return 4 * -(-max_message_bytes // 3) + BODY_OVERHEAD
 
 CORS_HEADERS = [
     ("Access-Control-Allow-Origin", "*"),
@@ -93,6 +101,8 @@ class GateHttpApp:
         self.static_dir = os.path.realpath(static_dir) if static_dir else ""
         self.static_prefix = static_prefix
         self.heartbeat = heartbeat
+        self.max_message_bytes = gate.settings.max_message_bytes
+        self.max_body = body_limit(self.max_message_bytes)
         self._routes: dict[tuple[str, str], Callable[[dict, str], Any]] = {
             ("POST", "objects/call"): self._call,
             ("POST", "objects/create"): self._create,
@@ -155,25 +165,38 @@ class GateHttpApp:
 
     def _call(self, environ: dict, tail: str) -> dict:
         type_name, object_id, method = _split_call(tail)
-        body = _read_json(environ)
+        body = _read_json(self._read_body(environ))
         request = _decode_any(body.get("request"), "request")
         response = self.gate.node.call_object(type_name, object_id, method, request)
         return {"response": base64.b64encode(pack(response).SerializeToString()).decode()}
 
     def _create(self, environ: dict, tail: str) -> dict:
         type_name, object_id = _split_object(tail)
-        _read_body(environ)
+        self._read_body(environ)
         return {"id": self.gate.node.create_object(type_name, object_id, wait=True)}
 
     def _delete(self, environ: dict, tail: str) -> dict:
         type_name, object_id = _split_object(tail)
-        _read_body(environ)
+        self._read_body(environ)
         self.gate.node.delete_object(object_id, wait=True, type_name=type_name)
         return {"success": True}
 
     def _status(self, environ: dict, tail: str) -> dict:
         asked = parse_qs(environ.get("QUERY_STRING", "")).get("greenlets", [""])[-1]
         return self.gate.statistics(greenlets=asked in ("1", "true"))
+
+    def _read_body(self, environ: dict) -> bytes:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise BadRequest("Content-Length is not a number") from None
+        if length > self.max_body:
+            raise BadRequest(
+                "body of %d bytes exceeds the limit of %d bytes (a message of "
+                "max_message_bytes %d as base64 in JSON)" % (
+                    length, self.max_body, self.max_message_bytes),
+                413, "RESOURCE_EXHAUSTED")
+        return environ["wsgi.input"].read(length) if length > 0 else b""
 
     # ---- Server-Sent Events -------------------------------------------------
 
@@ -286,19 +309,7 @@ def _split_call(tail: str) -> tuple[str, str, str]:
     return type_name, object_id, method
 
 
-def _read_body(environ: dict) -> bytes:
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        raise BadRequest("Content-Length is not a number") from None
-    if length > MAX_BODY:
-        raise BadRequest("body of %d bytes exceeds the limit of %d" % (length, MAX_BODY),
-                         413, "RESOURCE_EXHAUSTED")
-    return environ["wsgi.input"].read(length) if length > 0 else b""
-
-
-def _read_json(environ: dict) -> dict:
-    raw = _read_body(environ)
+def _read_json(raw: bytes) -> dict:
     try:
         body = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError) as exc:
