@@ -6,6 +6,7 @@ import logging
 
 import gevent
 import pytest
+from gevent.event import Event
 from google.protobuf.wrappers_pb2 import StringValue
 
 import goverse
@@ -71,25 +72,41 @@ def test_stopping_the_node_cancels_pending_operations(make_node, caplog):
     assert "Async CreateObject sleepy failed" in caplog.text
 
 
-def test_create_returns_before_the_work_and_beats_a_plain_call(make_node):
-    """A create from inside a method returns at once: time it against a call."""
+@goverse.register
+class HeldCreate(goverse.BaseObject):
+    """An on_created that waits until the test releases it."""
+
+    release = Event()
+    started: set[str] = set()
+    finished: set[str] = set()
+
+    def on_created(self) -> None:
+        HeldCreate.started.add(self.id)
+        HeldCreate.release.wait()
+        HeldCreate.finished.add(self.id)
+
+
+def test_create_returns_before_the_work_finishes(make_node):
+    """create_object hands on_created to a detached greenlet and returns its id."""
     node = make_node(num_shards=64)
-    node.call_object("Hop", "timer", "Echo", StringValue())
-    clock = gevent.get_hub().loop
-
-    def timed(fn, rounds=50):
-        clock.update_now()
-        start = clock.now()
-        for _ in range(rounds):
-            fn()
-        clock.update_now()
-        return clock.now() - start
-
-    plain = timed(lambda: node.call_object("Hop", "timer", "Echo", StringValue()))
-    creating = timed(lambda: node.create_object("Sleeper"))
-    # Each create starts an on_created that sleeps 30 s; returning within a
-    # small multiple of a local call shows none of them was waited for.
-    assert creating < max(plain * 20, 0.05), (creating, plain)
+    HeldCreate.release.clear()
+    HeldCreate.started.clear()
+    HeldCreate.finished.clear()
+    try:
+        creating = gevent.spawn(lambda: [node.create_object("HeldCreate") for _ in range(20)])
+        # Only a create that waited for its on_created could still be running:
+        # none of them can finish before the release below.
+        creating.join(30)
+        assert creating.successful(), "create_object waited for on_created"
+        ids = creating.value
+        assert len(set(ids)) == 20
+        assert HeldCreate.finished == set()
+        wait_until(lambda: HeldCreate.started == set(ids), 10, message="on_created started")
+        assert HeldCreate.finished == set()
+    finally:
+        HeldCreate.release.set()
+    wait_until(lambda: HeldCreate.finished == set(ids), 10, message="on_created finished")
+    assert all(object_id in node.host.objects for object_id in ids)
 
 
 def test_trace_id_reaches_on_created_on_another_node_and_the_logs(two_nodes, caplog):
