@@ -48,6 +48,9 @@ Validator = Callable[[Any], Any]
 
 _HIDDEN = "***"
 
+#: Longest value shown in a message; longer ones are cut, with their length.
+_SHOWN_MAX = 60
+
 
 class Duration:
     """Marker type of a setting that holds a duration in seconds, as a float.
@@ -85,7 +88,13 @@ class Setting:
         """The value as it may appear in messages: secrets are masked."""
         if self.secret and value:
             return _HIDDEN
-        return repr(value)
+        try:
+            shown = repr(value)
+        except ValueError:  # an integer beyond sys.get_int_max_str_digits()
+            return "an integer of %d bits" % value.bit_length()
+        if len(shown) > _SHOWN_MAX:
+            shown = "%s... (%d characters)" % (shown[:_SHOWN_MAX], len(shown))
+        return shown
 
 
 # -- parsing text (environment and flags) ------------------------------------
@@ -134,7 +143,8 @@ def _text_to_duration(text: str) -> float:
     try:
         for suffix, scale in _DURATION_UNITS:
             if word.endswith(suffix):
-                return _text_to_float(word[: -len(suffix)]) * scale
+                # A unit can turn a large finite number into infinity.
+                return _finite(_text_to_float(word[: -len(suffix)]) * scale)
         return _text_to_float(word)
     except ValueError:
         raise ValueError(
@@ -173,7 +183,11 @@ def _data_to_float(value: Any) -> float:
     if isinstance(value, str):
         return _text_to_float(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return _finite(float(value))
+        try:
+            return _finite(float(value))
+        except OverflowError:
+            raise ValueError("expected a finite number, got an integer of %d bits"
+                             % value.bit_length()) from None
     raise ValueError("expected a number, got %s" % _type_name(value))
 
 
@@ -642,6 +656,9 @@ def _read_config_file(path: str) -> Mapping[Any, Any]:
         raise ConfigError("cannot read %s: %s" % (source, exc.strerror or exc)) from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError("%s is not valid YAML: %s" % (source, exc)) from exc
+    except ValueError as exc:
+        # A number longer than Python converts from text (int_max_str_digits).
+        raise ConfigError("%s holds a value goverse cannot read: %s" % (source, exc)) from exc
 
     # An empty file is an empty mapping.
     if data is None:

@@ -277,6 +277,41 @@ def test_failed_validator_names_setting_source_value(
     assert_config_error(excinfo, name, "environment variable %s" % env, repr(raw), reason)
 
 
+def test_an_integer_too_large_for_a_number_names_setting_and_file(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "call_timeout: %s\n" % ("9" * 400))
+
+    with pytest.raises(ConfigError) as excinfo:
+        load(["--config", path])
+
+    assert_config_error(excinfo, "call_timeout", "config file %s" % path,
+                        "expected a finite number", "(400 characters)")
+    assert len(str(excinfo.value)) < 300
+
+
+def test_a_number_too_long_to_read_names_the_file(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "call_timeout: %s\n" % ("9" * 5000))
+
+    with pytest.raises(ConfigError, match="config file %s" % path):
+        load(["--config", path])
+
+
+@pytest.mark.parametrize("raw", [float("nan"), float("inf"), -float("inf"), "1e308h",
+                                 "1e307m", 10 ** 400],
+                         ids=["nan", "inf", "-inf", "1e308h", "1e307m", "400-digit-int"])
+def test_durations_must_be_finite(raw: object) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        Settings.from_mapping({"call_timeout": raw})
+
+    assert_config_error(excinfo, "call_timeout", "from_mapping()")
+
+
+def test_a_duration_with_a_unit_overflowing_from_env_is_refused() -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load(environ={"GOVERSE_SHUTDOWN_GRACE": "1e307h"})
+
+    assert_config_error(excinfo, "shutdown_grace", "GOVERSE_SHUTDOWN_GRACE", "'1e307h'")
+
+
 def test_failed_validator_from_mapping_names_source() -> None:
     with pytest.raises(ConfigError) as excinfo:
         Settings.from_mapping({"server_workers": 4})
