@@ -440,8 +440,11 @@ _declare(
     Setting(
         "lease_ttl", int, 3,
         "Seconds a node's etcd lease lives without renewal; the shards of a "
-        "killed node move after this.",
-        at_least(2),
+        "killed node move after this. At most 3600: the objects of a dead "
+        "node stay unreachable this long, so an hour is already past any use, "
+        "and far larger values (etcd refuses TTLs over 9,000,000,000 s) would "
+        "only fail later, at etcd.",
+        between(2, 3600),
     ),
     Setting(
         "stability_window", Duration, 1.0,
@@ -498,8 +501,9 @@ _declare(
     ),
     Setting(
         "max_message_bytes", int, 4 * 1024 * 1024,
-        "Largest gRPC message in bytes a node sends or accepts.",
-        at_least(1024),
+        "Largest gRPC message in bytes a node sends or accepts; at most "
+        "2147483647, the largest gRPC takes.",
+        between(1024, 2**31 - 1),
     ),
     Setting(
         "server_workers", int, 256,

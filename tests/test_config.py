@@ -252,7 +252,9 @@ def test_yaml_number_for_a_string_setting_is_rejected(tmp_path: Path) -> None:
     "name, raw, reason",
     [
         ("num_shards", "0", "between 1 and 1000000"),
-        ("lease_ttl", "1", "at least 2"),
+        ("lease_ttl", "1", "between 2 and 3600"),
+        ("lease_ttl", "100000000000", "between 2 and 3600"),
+        ("max_message_bytes", "2147483648", "between 1024 and 2147483647"),
         ("call_timeout", "0", "greater than 0"),
         ("listen", "localhost", "expected host:port"),
         ("listen", "host:70000", "between 0 and 65535"),
@@ -262,7 +264,7 @@ def test_yaml_number_for_a_string_setting_is_rejected(tmp_path: Path) -> None:
         ("etcd_endpoints", "a:1,http://b:2", "expected host:port"),
         ("objects", "app.rooms,app-users", "not a Python module name"),
         ("log_level", "TRACE", "one of DEBUG, INFO, WARNING, ERROR"),
-        ("max_message_bytes", "512", "at least 1024"),
+        ("max_message_bytes", "512", "between 1024 and 2147483647"),
         ("etcd_timeout", "inf", "expected seconds"),
     ],
 )
