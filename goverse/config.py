@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import logging
 import math
 import os
 import sys
@@ -45,6 +46,8 @@ __all__ = [
 #: A validator takes a parsed value and returns it, possibly normalised, or
 #: raises ValueError with a message that says what the value must be.
 Validator = Callable[[Any], Any]
+
+log = logging.getLogger(__name__)
 
 _HIDDEN = "***"
 
@@ -623,14 +626,38 @@ def _layer_from_data(values: Mapping[Any, Any], source: str) -> _Layer:
 
 
 def _layer_from_environ(environ: Mapping[str, str]) -> _Layer:
-    """Parse the ``GOVERSE_*`` variables that name a setting."""
+    """Parse the ``GOVERSE_*`` variables that name a setting; warn about the others."""
     layer: _Layer = {}
     for setting in SETTINGS.values():
         if setting.env in environ:
             source = "environment variable %s" % setting.env
             value = _parse(setting, environ[setting.env], source, text=True)
             layer[setting.name] = (value, source)
+    _warn_unknown_variables(environ)
     return layer
+
+
+#: ``GOVERSE_*`` variables that are not settings: read by the scripts in
+#: bin/, by etc/gunicorn.conf.py and by the test and benchmark suites.
+OTHER_VARIABLES = frozenset({
+    "GOVERSE_VENV",
+    "GOVERSE_ADMIN_BIND", "GOVERSE_ADMIN_WORKERS", "GOVERSE_ADMIN_ACCESS_LOG",
+    "GOVERSE_ADMIN_CONTROL_SOCKET",
+    "GOVERSE_TEST_FAULTS", "GOVERSE_TEST_ACTIVATION_LOG", "GOVERSE_TEST_OUTPUT",
+    "GOVERSE_FAULT_TRIALS", "GOVERSE_FAULT_GATE", "GOVERSE_KILL_CYCLES",
+    "GOVERSE_KILL_SEED", "GOVERSE_FUZZ_EXAMPLES",
+})
+
+
+def _warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """A misspelled variable is ignored, so say so, as an unknown YAML key would."""
+    known = {setting.env for setting in SETTINGS.values()} | OTHER_VARIABLES
+    for name in sorted(environ):
+        if not name.startswith("GOVERSE_") or name in known:
+            continue
+        near = _suggestion(name[len("GOVERSE_"):])
+        log.warning("environment variable %s is not a goverse setting and is ignored%s",
+                    name, "; did you mean %s?" % near.env if near is not None else "")
 
 
 def _layer_from_flags(namespace: argparse.Namespace) -> _Layer:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,8 @@ from goverse import config
 from goverse.config import SETTINGS, Duration, Setting, Settings, build_arg_parser
 from goverse.errors import ConfigError
 
-REFERENCE_FILE = Path(__file__).resolve().parent.parent / "etc" / "goverse-node.yaml"
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_FILE = ROOT / "etc" / "goverse-node.yaml"
 
 
 def write_yaml(tmp_path: Path, text: str) -> str:
@@ -355,6 +359,45 @@ def test_unknown_key_without_a_close_match(tmp_path: Path) -> None:
 
     assert "did you mean" not in str(excinfo.value)
     assert_config_error(excinfo, "'zzzz'", path)
+
+
+def test_unknown_goverse_variable_is_a_warning_with_a_suggestion(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="goverse.config"):
+        settings = load(environ={"GOVERSE_CALL_TIMEOUTS": "3", "GOVERSE_QQQ": "1",
+                                 "GOVERSE_VENV": "/opt/venv", "OTHER_THING": "1"})
+
+    assert settings.call_timeout == 30.0
+    warned = [record.getMessage() for record in caplog.records]
+    assert len(warned) == 2, warned
+    assert "GOVERSE_CALL_TIMEOUTS" in warned[0] and "GOVERSE_CALL_TIMEOUT?" in warned[0]
+    assert "GOVERSE_QQQ" in warned[1] and "did you mean" not in warned[1]
+
+
+def test_every_goverse_variable_the_repository_reads_is_known() -> None:
+    """A tool's own GOVERSE_* variable must be listed, or loading settings warns."""
+    try:
+        files = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True,
+                               capture_output=True, text=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    # Names that are not variables: a constant of the fuzz suite.
+    not_variables = {"GOVERSE_ERROR_KINDS"}
+    known = {setting.env for setting in SETTINGS.values()} | config.OTHER_VARIABLES
+    unknown = {}
+    for name in files:
+        path = ROOT / name
+        if name == "tests/test_config.py" or not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        for variable in re.findall(r"GOVERSE_[A-Z][A-Z0-9_]*", text):
+            if variable not in known and variable not in not_variables:
+                unknown.setdefault(variable, name)
+    assert unknown == {}
 
 
 def test_unknown_key_in_mapping() -> None:
