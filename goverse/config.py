@@ -526,7 +526,8 @@ _declare(
     Setting(
         "tls_ca", str, "",
         "Path of the CA certificate that signs every node's certificate. "
-        "Peers must present a certificate it signed (mutual TLS).",
+        "Peers must present a certificate it signed (mutual TLS). Needs "
+        "tls_cert and tls_key: alone it is an error, not plaintext.",
     ),
     Setting(
         "tls_client_auth", bool, True,
@@ -799,6 +800,14 @@ class Settings:
             raise ConfigError(
                 "tls_ca must be set when tls_cert is (from %s): nodes check each "
                 "other's certificates against it" % (self._sources["tls_cert"],))
+        # TLS is on only with a certificate of this process's own: a CA alone
+        # would leave gRPC in plaintext while looking configured.
+        if self._values["tls_ca"] and not self._values["tls_cert"]:
+            raise ConfigError(
+                "tls_ca is %s (from %s) but tls_cert and tls_key are empty: nodes and "
+                "gates serve TLS only with a certificate of their own, so set both "
+                "(or leave tls_ca empty for plaintext)" % (
+                    self._show("tls_ca"), self._sources["tls_ca"]))
 
     def _check_pair(self, first: str, second: str) -> None:
         given = [name for name in (first, second) if self._values[name]]

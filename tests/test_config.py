@@ -463,6 +463,14 @@ def test_cert_and_key_go_together() -> None:
     )
 
 
+def test_tls_ca_alone_is_an_error_not_plaintext() -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        load(environ={"GOVERSE_TLS_CA": "/tls/ca.pem"})
+
+    assert_config_error(excinfo, "tls_ca", "'/tls/ca.pem'",
+                        "environment variable GOVERSE_TLS_CA", "tls_cert")
+
+
 def test_replace_runs_the_cross_checks() -> None:
     with pytest.raises(ConfigError, match="advertise"):
         load().replace(listen="0.0.0.0:7070")
