@@ -22,6 +22,7 @@ greenlet) and in a plain threaded one (a daemon thread).
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import random
 import threading
@@ -38,8 +39,12 @@ from ._pb import gate_pb2_grpc as gate_grpc
 from .errors import (
     ERROR_KIND_METADATA,
     CallTimeout,
+    ConfigError,
+    InvalidObjectId,
     NodeStopped,
     PeerUnavailable,
+    UnknownMethod,
+    UnknownObjectType,
     WrongMessageType,
     error_from_rpc,
 )
@@ -83,7 +88,7 @@ class Client:
         if runtime.is_patched():
             runtime.init_grpc()
         self.addresses = list(addresses)
-        self.timeout = timeout
+        self.timeout = _check_timeout(timeout)
         self.reconnect = reconnect
         self._current = 0
         self._channels: dict[str, grpc.Channel] = {}
@@ -128,6 +133,7 @@ class Client:
         ``response_type`` the answer is unpacked into that message class.
         """
         packed = request if isinstance(request, any_pb2.Any) else _pack(request)
+        _check_text(type_name, object_id, method)
         message = gate_pb.CallObjectRequest(client_id=self._client_id or "", type=type_name,
                                             id=object_id, method=method, request=packed)
         answer = self._invoke("CallObject", message, timeout, idempotent=False)
@@ -143,11 +149,13 @@ class Client:
     def create(self, type_name: str, object_id: str = "", *,
                timeout: float | None = None) -> str:
         """Create an object (an empty id asks for a generated one); returns its id."""
+        _check_text(type_name, object_id)
         message = gate_pb.CreateObjectRequest(type=type_name, id=object_id)
         return self._invoke("CreateObject", message, timeout, idempotent=True).id
 
     def delete(self, type_name: str, object_id: str, *, timeout: float | None = None) -> None:
         """Delete an object of the given type; deleting a missing one succeeds."""
+        _check_text(type_name, object_id)
         message = gate_pb.DeleteObjectRequest(type=type_name, id=object_id)
         self._invoke("DeleteObject", message, timeout, idempotent=True)
 
@@ -155,7 +163,8 @@ class Client:
                 idempotent: bool) -> Any:
         if self._closed:
             raise NodeStopped("client is closed")
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        timeout = self.timeout if timeout is None else _check_timeout(timeout)
+        deadline = time.monotonic() + timeout
         failures = []
         for _ in range(len(self.addresses)):
             address = self.address
@@ -170,10 +179,17 @@ class Client:
                 failures.append("%s: %s" % (address, exc.details()))
                 self._fail_over(address)
         if not failures:
-            raise CallTimeout("%s did not complete within its %.3gs deadline" % (
-                rpc, self.timeout if timeout is None else timeout))
-        raise PeerUnavailable("%s: no gate could be reached (%s)" % (
-            rpc, "; ".join(failures)))
+            raise CallTimeout("%s did not complete within its %.3gs deadline" % (rpc, timeout))
+        raise PeerUnavailable("%s: no gate could be reached (%s)%s" % (
+            rpc, "; ".join(failures), self._tls_hint(failures)))
+
+    def _tls_hint(self, failures: list[str]) -> str:
+        # A gate that serves TLS ends a plaintext connection in its handshake,
+        # which grpc reports only as a closed socket.
+        if self._credentials is None and any("Socket closed" in f for f in failures):
+            return ("; the gate may require TLS: a plaintext connection to a TLS "
+                    "gate fails like this (pass tls_ca=...)")
+        return ""
 
     def _stub(self, address: str) -> gate_grpc.GateServiceStub:
         stub = self._stubs.get(address)
@@ -240,7 +256,8 @@ class Client:
             self._registered.set()
             log.info("registered at gate %s as %s", address, answer.client_id)
             return stream
-        raise PeerUnavailable("could not register at any gate (%s)" % ("; ".join(failures),))
+        raise PeerUnavailable("could not register at any gate (%s)%s" % (
+            "; ".join(failures), self._tls_hint(failures)))
 
     def _receive(self, stream: Any) -> None:
         while not self._closed:
@@ -338,13 +355,43 @@ def _credentials(ca: str | None, cert: str | None,
     if bool(cert) != bool(key):
         raise ValueError("tls_cert and tls_key must be given together")
 
-    def read(path: str | None) -> bytes | None:
+    def read(path: str | None, name: str) -> bytes | None:
         if not path:
             return None
-        with open(path, "rb") as handle:
-            return handle.read()
-    return grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key),
-                                        certificate_chain=read(cert))
+        try:
+            with open(path, "rb") as handle:
+                return handle.read()
+        except OSError as exc:
+            raise ConfigError("Client %s: cannot read %r: %s" % (
+                name, path, exc.strerror or exc)) from exc
+    return grpc.ssl_channel_credentials(root_certificates=read(ca, "tls_ca"),
+                                        private_key=read(key, "tls_key"),
+                                        certificate_chain=read(cert, "tls_cert"))
+
+
+def _check_timeout(timeout: float) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError("timeout must be a finite number of seconds above 0, got %r" % (
+            timeout,))
+    return timeout
+
+
+#: The error a name that is not valid text raises, by the field it is in.
+_BAD_TEXT = (("object type", UnknownObjectType), ("object id", InvalidObjectId),
+             ("method", UnknownMethod))
+
+
+def _check_text(*names: str) -> None:
+    """Raise the field's error for a name protobuf cannot send (a lone surrogate)."""
+    for (what, error), name in zip(_BAD_TEXT, names):
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise error("%s %r is not valid UTF-8 text" % (what, name[:200])) from None
+        except AttributeError:
+            raise error("%s must be a str, got %s %r" % (
+                what, type(name).__name__, name)) from None
 
 
 def _pack(message: Any) -> any_pb2.Any:

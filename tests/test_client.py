@@ -150,3 +150,58 @@ def test_client_registers_again_at_the_next_gate_when_its_gate_dies(gates):
             assert unpack(other.next_message(timeout=10), StringValue).value == "back"
     finally:
         client.close()
+
+
+# ---- mistakes reported before anything is sent ------------------------------------
+
+
+def test_a_missing_certificate_file_is_named(tmp_path):
+    missing = str(tmp_path / "nope.pem")
+    with pytest.raises(errors.ConfigError, match="tls_ca.*nope.pem"):
+        Client(["127.0.0.1:1"], tls_ca=missing)
+
+
+@pytest.mark.parametrize("field", ["type", "id", "method"])
+def test_a_name_that_is_not_text_raises_the_fields_error(field):
+    names = {"type": "Counter", "id": "cl-ok", "method": "Add"}
+    names[field] = "bad\udc80"
+    expected = {"type": errors.UnknownObjectType, "id": errors.InvalidObjectId,
+                "method": errors.UnknownMethod}[field]
+    with Client(["127.0.0.1:1"]) as client:
+        with pytest.raises(expected, match=r"'bad\\udc80'"):
+            client.call(names["type"], names["id"], names["method"], Int64Value())
+        if field != "method":
+            with pytest.raises(expected):
+                client.create(names["type"], names["id"])
+            with pytest.raises(expected):
+                client.delete(names["type"], names["id"])
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 0, -1])
+def test_timeouts_must_be_finite_and_positive(timeout):
+    with pytest.raises(ValueError, match="timeout"):
+        Client(["127.0.0.1:1"], timeout=timeout)
+    with Client(["127.0.0.1:1"]) as client:
+        with pytest.raises(ValueError, match="timeout"):
+            client.create("Counter", "x", timeout=timeout)
+
+
+def test_a_plaintext_client_of_a_tls_gate_is_told_tls_may_be_needed(tmp_path):
+    from concurrent import futures
+
+    import grpc
+
+    from tests.test_tls import make_ca
+
+    files = make_ca(tmp_path / "ca", "gate")
+    with open(files["tls_key"], "rb") as key, open(files["tls_cert"], "rb") as cert:
+        credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    try:
+        with Client(["127.0.0.1:%d" % port], timeout=10) as client:
+            with pytest.raises(errors.PeerUnavailable, match="may require TLS"):
+                client.create("Counter", "x")
+    finally:
+        server.stop(0)
