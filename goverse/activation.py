@@ -37,6 +37,12 @@ from .objects import BaseObject, TypeRegistry, lookup_method
 
 log = logging.getLogger(__name__)
 
+#: What an object's code may raise and have reported as its own failure.
+#: SystemExit is one of them: raised in a greenlet it would end the whole
+#: node process. GreenletExit and gevent.Timeout are not, since they come
+#: from outside (a kill at stop, a caller's own timeout) and must go on.
+_OBJECT_ERRORS = (Exception, SystemExit)
+
 
 class _Waiter:
     __slots__ = ("chain", "event", "granted")
@@ -192,7 +198,7 @@ class ObjectHost:
             self._discard(obj)
             if isinstance(exc, GoverseError):
                 raise
-            if not isinstance(exc, Exception):
+            if not isinstance(exc, _OBJECT_ERRORS):
                 raise
             raise ObjectCreationFailed("on_created of %r failed: %s: %s" % (
                 obj, type(exc).__name__, exc)) from exc
@@ -263,7 +269,7 @@ class ObjectHost:
             response = func(obj, message)
         except GoverseError:
             raise
-        except Exception as exc:
+        except _OBJECT_ERRORS as exc:
             log.warning("%r.%s raised", obj, spec.name, exc_info=True)
             raise ObjectMethodError("%r.%s raised %s: %s" % (
                 obj, spec.name, type(exc).__name__, exc)) from exc

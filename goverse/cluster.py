@@ -47,6 +47,7 @@ from .etcd import (
     KeyValue,
     PrefixWatcher,
     WatchEvent,
+    cmp_lease,
     cmp_mod_revision,
     cmp_value,
     cmp_version,
@@ -217,11 +218,16 @@ class Cluster:
         and the control loop releases each one after evicting its objects.
         """
         self._leaving = True
+        if not self.lease_id:
+            return  # never registered: the keys at this address are someone else's
         others = [n for n in self.state.nodes if n != self.address]
         try:
-            self.client.txn([cmp_value(self._key("leader"), "==", self.address)],
+            # Only keys on our own lease are ours to delete.
+            self.client.txn([cmp_value(self._key("leader"), "==", self.address),
+                             cmp_lease(self._key("leader"), "==", self.lease_id)],
                             [op_delete(self._key("leader"))])
-            self.client.delete(self._member_key())
+            self.client.txn([cmp_lease(self._member_key(), "==", self.lease_id)],
+                            [op_delete(self._member_key())])
         except GoverseError as exc:
             log.warning("%r could not announce that it leaves: %s", self, exc)
             return
@@ -478,6 +484,8 @@ class Cluster:
         if stable_for < self.stability_window:
             return "membership changed %.2fs ago (window %.2fs)" % (
                 stable_for, self.stability_window)
+        if self.role == "node" and self.address in self.suspects():
+            return "most peers report they cannot reach this node (its shards move away)"
         return None
 
     def is_settled(self) -> bool:

@@ -200,4 +200,7 @@ def error_from_rpc(exc: grpc.RpcError) -> GoverseError:
     if kind:
         return error_from_kind(kind, details)
     cls = _BY_GRPC_CODE.get(code, RemoteError)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (details or ""):
+        # gRPC's own size limit, not a busy node: retrying cannot help.
+        cls = MessageTooLarge
     return cls("%s: %s" % (code.name if code else "UNKNOWN", details))

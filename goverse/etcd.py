@@ -185,6 +185,11 @@ def cmp_value(key: str, op: str, value: str | bytes) -> rpc_pb2.Compare:
     return _compare(key, op, rpc_pb2.Compare.VALUE, value=_to_bytes(value))
 
 
+def cmp_lease(key: str, op: str, lease: int) -> rpc_pb2.Compare:
+    """Compare the lease the key is attached to (0: none, or the key is absent)."""
+    return _compare(key, op, rpc_pb2.Compare.LEASE, lease=lease)
+
+
 def op_put(key: str, value: str | bytes, lease: int = 0) -> rpc_pb2.RequestOp:
     """A put inside a transaction."""
     request = rpc_pb2.PutRequest(key=_to_bytes(key), value=_to_bytes(value), lease=lease)

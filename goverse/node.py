@@ -71,6 +71,10 @@ log = logging.getLogger(__name__)
 #: Longest pause between looks at the shard map while a route is missing.
 _ROUTE_POLL = 0.25
 
+#: Bytes kept free under max_message_bytes for the envelope around a
+#: payload (ids, type names, tags, the frame).
+_ENVELOPE_ROOM = 4096
+
 _current_node: Node | None = None
 
 #: gRPC server options on top of the channel options.
@@ -148,6 +152,8 @@ class Node:
         # are much cheaper than a uuid per call.
         self._chain_prefix = uuid.uuid4().hex[:12]
         self._chain_ids = itertools.count(1)
+        if tls.enabled(self.settings):
+            tls.check_files(self.settings)
         self._channel_credentials = (tls.channel_credentials(self.settings)
                                      if tls.enabled(self.settings) else None)
         self.stats = NodeStats()
@@ -641,6 +647,15 @@ class Node:
             response = self.call_owned(request.type, request.id, request.method,
                                        request.request, epoch=request.epoch)
             pack_into(answer.response, response)
+            # An answer over the limit would break the whole stream (every
+            # call sharing it would fail): it fails alone, here.
+            size = len(answer.response.value)
+            if size > self.settings.max_message_bytes - _ENVELOPE_ROOM:
+                answer.ClearField("response")
+                raise MessageTooLarge(
+                    "response of %s(%s).%s is %d bytes; the limit is %d (max_message_bytes)"
+                    % (request.type, request.id, request.method, size,
+                       self.settings.max_message_bytes))
         elif request.op == pb.PEER_OP_CREATE:
             self.create_owned(request.type, request.id, epoch=request.epoch)
         elif request.op == pb.PEER_OP_DELETE:

@@ -8,6 +8,7 @@ its own certificate. grpcio's own TLS does the work.
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import grpc
@@ -25,6 +26,28 @@ def _read(path: str, setting: str) -> bytes:
 
 def enabled(settings: Any) -> bool:
     return bool(settings.tls_cert)
+
+
+def check_files(settings: Any) -> None:
+    """Raise ConfigError naming the file when the certificate, key or CA is unusable.
+
+    grpcio only says that the secure port could not be added (or that a
+    handshake failed), never which file is wrong: load them once here.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for setting in ("tls_cert", "tls_key", "tls_ca"):
+        _read(getattr(settings, setting), setting)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError("tls_cert %r with tls_key %r: not a PEM certificate and its "
+                          "matching private key (%s)" % (settings.tls_cert, settings.tls_key,
+                                                         exc)) from exc
+    try:
+        context.load_verify_locations(cafile=settings.tls_ca)
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError("tls_ca %r: not a PEM CA certificate (%s)" % (
+            settings.tls_ca, exc)) from exc
 
 
 def server_credentials(settings: Any) -> grpc.ServerCredentials:

@@ -374,6 +374,11 @@ def _batches(queue: Queue, limit: int, batch_type: Any, field: str,
 # ---- the client side: one stream to each peer ------------------------------
 
 
+#: How gRPC words a call that failed because no connection could be made
+#: to any address of the peer (nothing was sent).
+_NEVER_CONNECTED = "failed to connect to all addresses"
+
+
 class PeerClient:
     """Requests to one other node over a single batched stream.
 
@@ -585,13 +590,15 @@ class PeerClient:
                 tags.add(item[0].tag)
 
     def _failure(self, error: Exception | None, reason: str) -> PeerUnavailable:
-        # A stream that never carried an answer and ended because the
-        # connection could not be made delivered nothing: callers may
-        # safely send those requests elsewhere.
+        # A stream that never carried an answer and ended because no
+        # connection could be made delivered nothing: callers may safely
+        # send those requests elsewhere. Only gRPC's own words for that
+        # count; a connection reset after the stream was open (a peer
+        # killed mid-call) may have delivered requests that ran.
         never_connected = (
             not self._confirmed and isinstance(error, grpc.RpcError)
             and error.code() == grpc.StatusCode.UNAVAILABLE
-            and "connect" in (reason or "").lower())
+            and _NEVER_CONNECTED in (reason or "").lower())
         cls = PeerUnreachable if never_connected else PeerUnavailable
         return cls("connection to %s failed: %s" % (self.address, reason))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gevent
-from google.protobuf.wrappers_pb2 import Int64Value, StringValue
+from google.protobuf.wrappers_pb2 import BytesValue, Int64Value, StringValue
 
 import goverse
 
@@ -31,6 +31,14 @@ class Counter(goverse.BaseObject):
     @goverse.method
     def Context(self, request: StringValue) -> StringValue:
         return StringValue(value=str(goverse.context.get(request.value, "")))
+
+    @goverse.method
+    def Blob(self, request: Int64Value) -> BytesValue:
+        return BytesValue(value=b"b" * request.value)
+
+    @goverse.method
+    def Exit(self, request: StringValue) -> StringValue:
+        raise SystemExit(3)  # an object's bug must not end its node
 
 
 @goverse.register

@@ -10,6 +10,7 @@ import pytest
 from google.protobuf import any_pb2
 from google.protobuf.wrappers_pb2 import Int64Value, StringValue
 
+import goverse
 from goverse._pb import goverse_pb2 as pb
 from goverse.errors import ERROR_KIND_METADATA, NoRoute
 from goverse.sharding import placement
@@ -194,3 +195,38 @@ def test_three_nodes_agree_on_leader_and_own_every_shard(make_node):
         assert {row["owner"] for row in table} == addresses
         for row in table:
             assert row["shard"] in by_address[row["owner"]].cluster.owned
+
+
+def test_method_raising_system_exit_fails_the_call_not_the_node(cluster):
+    caller, procs = cluster
+    object_id = "%s/quitter" % procs[0].address
+    with pytest.raises(goverse.ObjectMethodError, match="SystemExit"):
+        caller.call_object("Counter", object_id, "Exit", StringValue(), timeout=10)
+    assert procs[0].process.poll() is None
+    assert where(caller, object_id) == procs[0].address
+
+
+def test_answer_over_the_message_limit_fails_alone(cluster):
+    caller, procs = cluster
+    object_id = "%s/blob" % procs[0].address
+    assert where(caller, object_id) == procs[0].address
+    streams = caller._peers[procs[0].address].statistics["streams"]
+    with pytest.raises(goverse.MessageTooLarge, match="response of Counter.*Blob"):
+        caller.call_object("Counter", object_id, "Blob", Int64Value(value=5_000_000),
+                           timeout=10)
+    # The connection it shared with other calls is still the same one.
+    assert where(caller, object_id) == procs[0].address
+    assert caller._peers[procs[0].address].statistics["streams"] == streams
+
+
+def test_grpc_size_refusal_maps_to_message_too_large():
+    from goverse.errors import error_from_rpc
+
+    class Refused(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        def details(self):
+            return "Received message larger than max (5000089 vs. 4194304)"
+
+    assert type(error_from_rpc(Refused())) is goverse.MessageTooLarge

@@ -8,11 +8,13 @@ import time
 import pytest
 from google.protobuf.wrappers_pb2 import StringValue
 
+import goverse
 from goverse.admin.sources import reachability
 from goverse.cluster import Cluster
 from goverse.errors import GoverseError
 from goverse.sharding import placement
 from goverse.testing import wait_until
+from tests.conftest import FAST
 
 SHARDS = 32
 
@@ -95,6 +97,10 @@ def test_cut_node_loses_its_shards_and_gets_them_back(make_node):
                30, message="the cut node's object served elsewhere")
     assert not victim.cluster.owned
     assert first.cluster.suspects() == {victim.address}
+    # The cut node is not ready (a load balancer should stop sending it
+    # work); the others are.
+    assert "cannot reach this node" in victim.cluster.ready_reason()
+    assert first.cluster.ready_reason() is None
     assert set(victim.cluster.unreachable) == {first.address, second.address}
     # The cut node itself, reported by one node, is no suspect to the others.
     assert set(first.cluster.unreachable) == {victim.address}
@@ -144,3 +150,29 @@ def test_node_outwaits_a_predecessor_key_that_lives_longer_than_its_own_lease(
     assert time.monotonic() - started > 3.0  # it did wait longer than its own TTL
     assert node.cluster.is_member(address)
     assert node.cluster.serving()
+
+
+def test_a_node_refused_at_a_taken_address_leaves_the_holder_alone(
+        make_node, etcd_endpoint, cluster_prefix):
+    from goverse.errors import ConfigError
+    from goverse.etcd import EtcdClient
+
+    holder = make_node(num_shards=SHARDS)
+    wait_until(lambda: holder.cluster.is_settled(), 20, message="the holder settled")
+    key = "%s/nodes/%s" % (cluster_prefix, holder.address)
+    with EtcdClient([etcd_endpoint], timeout=5.0) as etcd:
+        before = etcd.get(key)
+        owned = dict(holder.cluster.owned)
+        impostor = goverse.Node(goverse.Settings.from_mapping(dict(
+            FAST, etcd_endpoints=[etcd_endpoint], etcd_prefix=cluster_prefix,
+            listen="127.0.0.1:0", advertise=holder.address, num_shards=SHARDS,
+            lease_ttl=2)))
+        with pytest.raises(ConfigError, match="another node is registered as %s"
+                           % holder.address):
+            impostor.start()
+        impostor.stop(grace=2)  # as the launcher does after a failed start
+        after = etcd.get(key)
+    # The same key, never deleted and put back, and not one shard moved.
+    assert after is not None and after.create_revision == before.create_revision
+    assert after.lease == holder.cluster.lease_id
+    assert holder.cluster.owned == owned

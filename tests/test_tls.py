@@ -162,3 +162,22 @@ def test_a_node_that_cannot_verify_etcd_says_so(tls_etcd, certificates, cluster_
     with pytest.raises(goverse.GoverseError, match=tls_etcd.endpoint):
         node.start(timeout=10)
     node.stop(grace=0)
+
+
+@pytest.mark.parametrize("broken", ["tls_cert", "tls_key", "tls_ca"])
+def test_an_unusable_certificate_file_is_named(certificates, tmp_path, broken):
+    good, other = certificates
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("garbage\n")
+    settings = dict(good, listen="127.0.0.1:0", etcd_endpoints=["127.0.0.1:1"])
+    settings[broken] = str(garbage)
+    with pytest.raises(goverse.ConfigError, match=broken):
+        goverse.Node(goverse.Settings.from_mapping(settings))
+
+
+def test_a_key_that_does_not_match_its_certificate_is_named(certificates):
+    good, other = certificates
+    settings = dict(good, tls_key=other["tls_key"], listen="127.0.0.1:0",
+                    etcd_endpoints=["127.0.0.1:1"])
+    with pytest.raises(goverse.ConfigError, match="matching private key"):
+        goverse.Node(goverse.Settings.from_mapping(settings))

@@ -269,3 +269,48 @@ def test_request_to_a_peer_that_cannot_be_reached_was_never_sent(make_client):
     client = make_client("127.0.0.1:%d" % free_port())
     with pytest.raises(PeerUnreachable):
         client.request(peer_call("Echo"), 10)
+
+
+class StreamError(grpc.RpcError):
+    """An RpcError as a broken stream raises it."""
+
+    def __init__(self, code, details):
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+@pytest.mark.parametrize("details", [
+    "Stream removed (recvmsg:Connection reset by peer (104))",
+    "Socket closed",
+    "Connection reset",
+])
+def test_a_stream_broken_before_any_answer_may_have_delivered(make_client, details):
+    # The peer died with requests in flight but before answering any: those
+    # requests may have run, so they must not be sent anywhere else.
+    client = make_client("127.0.0.1:%d" % free_port())
+    failure = client._failure(StreamError(grpc.StatusCode.UNAVAILABLE, details), details)
+    assert type(failure) is goverse.PeerUnavailable
+
+
+def test_only_a_connection_never_made_counts_as_unsent(make_client):
+    client = make_client("127.0.0.1:%d" % free_port())
+    details = ("failed to connect to all addresses; last error: UNKNOWN: "
+               "ipv4:127.0.0.1:1: Failed to connect to remote host: Connection refused")
+    failure = client._failure(StreamError(grpc.StatusCode.UNAVAILABLE, details), details)
+    assert type(failure) is PeerUnreachable
+
+
+def test_requests_in_flight_to_a_peer_that_dies_fail_as_maybe_delivered(stand_in,
+                                                                       make_client):
+    client = make_client(stand_in.address)
+    waiting = [gevent.spawn(client.request, peer_call("Keep"), 30) for _ in range(3)]
+    wait_until(lambda: len(stand_in.kept) == 3)
+    stand_in.stop()
+    gevent.joinall(waiting, timeout=20)
+    for call in waiting:
+        assert type(call.exception) is goverse.PeerUnavailable, call.exception
