@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -83,6 +84,57 @@ def test_embedded_app_serves_its_handlers_and_the_admin(embedded_app):
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(30) == 0
+
+
+def run_app(*args, etcd_endpoint, cluster_prefix):
+    return subprocess.Popen(
+        [sys.executable, "-m", "examples.embedded.app", "--listen", "127.0.0.1:0",
+         "--etcd-endpoints", etcd_endpoint, "--etcd-prefix", cluster_prefix,
+         "--stability-window", "0.2", "--num-shards", "64", *args],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_embedded_app_with_its_port_taken_exits_with_a_message(etcd_endpoint,
+                                                                cluster_prefix):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    process = run_app("--http", "127.0.0.1:%d" % port, etcd_endpoint=etcd_endpoint,
+                      cluster_prefix=cluster_prefix)
+    try:
+        # Before the fix the program never exited: no deadline to meet here,
+        # only a bound on how long a hang is waited for.
+        output, _ = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        pytest.fail("the app did not exit with its port taken:\n" + output[-3000:])
+    finally:
+        taken.close()
+    assert process.returncode == 1, output
+    assert "cannot listen for HTTP on 127.0.0.1:%d" % port in output
+    assert "Traceback" not in output
+
+
+def test_sigterm_while_the_node_starts_stops_it(etcd_endpoint, cluster_prefix):
+    # Membership must hold still for 300 s before the node is ready: it
+    # stays in its start until the signal.
+    process = run_app("--http", "127.0.0.1:0", "--stability-window", "300",
+                      etcd_endpoint=etcd_endpoint, cluster_prefix=cluster_prefix)
+    try:
+        for line in process.stdout:
+            if "serving gRPC" in line:  # logged by the node's start
+                break
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:  # it did not stop: show what it said
+            process.kill()
+            print(process.communicate()[0][-3000:])
+    assert process.returncode == 0, output
+    assert "signal received while the node was starting" in output
 
 
 UNPATCHED = """

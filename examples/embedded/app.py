@@ -10,7 +10,9 @@ wherever in the cluster it lives, and answers its total. The admin plane
 is mounted under ``/goverse/`` (dashboard at ``/goverse/``, health at
 ``/goverse/healthz``). Every flag other than ``--http`` is a goverse node
 setting (``--help-node`` lists them); with no etcd endpoint the node starts
-an embedded etcd. SIGTERM or SIGINT stops the HTTP server, then the node.
+an embedded etcd. SIGTERM or SIGINT stops the HTTP server, then the node
+(or the node alone while it starts). A port in use, or a node that cannot
+start, ends the program with status 1 and a message saying why.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from google.protobuf.wrappers_pb2 import Int64Value  # noqa: E402
 
 import goverse  # noqa: E402
 import goverse.admin  # noqa: E402
+from goverse.config import split_host_port  # noqa: E402
 from examples.embedded.counters import PathCounter  # noqa: E402
 
 log = logging.getLogger("examples.embedded")
@@ -72,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     args, node_args = parser.parse_known_args(argv)
     if args.help_node:
         node_args = ["--help"]
+    try:
+        host, port = split_host_port(args.http)
+    except ValueError as exc:
+        parser.error("--http %s: %s" % (args.http, exc))
     settings = goverse.Settings.load(node_args, prog="examples.embedded.app")
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -81,24 +88,53 @@ def main(argv: list[str] | None = None) -> int:
         gevent.signal_handler(signum, stop.set)
 
     node = goverse.Node(settings)
-    try:
-        node.start(wait_ready=True, timeout=60)
-    except goverse.GoverseError as exc:
-        log.error("the goverse node did not start: %s", exc)
-        node.stop(grace=0)
-        return 1
-    return _serve(node, args.http, stop)
-
-
-def _serve(node: goverse.Node, http: str, stop: Event) -> int:
-    host, _, port = http.rpartition(":")
     app = goverse.admin.mount(counter_app, "/goverse", node=node)
-    server = WSGIServer((host, int(port)), app, log=LoggingLogAdapter(log, logging.DEBUG),
+    server = WSGIServer((host.strip("[]"), port), app,
+                        log=LoggingLogAdapter(log, logging.DEBUG),
                         error_log=LoggingLogAdapter(log, logging.ERROR))
-    server.start()
-    log.info("serving http://%s:%d/ with node %s; admin at http://%s:%d/goverse/",
-             host, server.server_port, node.address, host, server.server_port)
+    # Take the port before joining the cluster: a port in use then ends
+    # the program before there is a node to stop.
     try:
+        server.init_socket()
+    except OSError as exc:
+        log.error("cannot listen for HTTP on %s: %s", args.http, exc)
+        return 1
+    try:
+        if not _start_node(node, stop):
+            return 1 if not stop.is_set() else 0
+        return _serve(node, server, stop)
+    finally:
+        server.close()
+
+
+def _start_node(node: goverse.Node, stop: Event) -> bool:
+    """Start the node; False (node stopped) if it fails or a signal comes first."""
+    def start() -> BaseException | None:
+        try:
+            node.start(wait_ready=True, timeout=60)
+        except Exception as exc:
+            return exc
+        return None
+
+    starting = gevent.spawn(start)
+    gevent.wait([starting, stop], count=1)
+    if not starting.ready():
+        log.info("signal received while the node was starting; stopping it")
+        starting.kill()
+    elif starting.value is not None:
+        log.error("the goverse node did not start: %s", starting.value)
+    else:
+        return True
+    node.stop(grace=0)
+    return False
+
+
+def _serve(node: goverse.Node, server: WSGIServer, stop: Event) -> int:
+    try:
+        server.start()
+        host, port = server.address[:2]
+        log.info("serving http://%s:%d/ with node %s; admin at http://%s:%d/goverse/",
+                 host, port, node.address, host, port)
         stop.wait()
         log.info("signal received; stopping the web app, then node %s", node.address)
     finally:
