@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -168,3 +170,43 @@ def test_chat_page_in_headless_chromium(gate, tmp_path):
     assert expected in sent_dom, sent_dom[-3000:]
     assert 'data-done="true"' in received_dom
     assert os.path.getsize(picture) > 0
+
+
+def test_run_with_its_port_taken_says_so_and_leaves_nothing_behind(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    address = "127.0.0.1:%d" % taken.getsockname()[1]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "examples.chat.run", "--http", address], cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=ROOT, TMPDIR=str(tmp_path)),
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    finally:
+        taken.close()
+    assert done.returncode == 1, done.stderr
+    assert "cannot listen on %s (--http)" % address in done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+
+def test_run_stops_everything_on_sigterm_and_removes_its_logs(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "examples.chat.run", "--http", "127.0.0.1:0", "--nodes", "1"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, TMPDIR=str(tmp_path)),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in process.stdout:
+            if line.startswith("chat is up"):
+                break
+        assert line.startswith("chat is up"), line
+        assert any(tmp_path.iterdir())  # the node logs, while it runs
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            print(process.communicate()[0][-3000:])
+    assert process.returncode == 0, output
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("goverse-chat-")] == []
