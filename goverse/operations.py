@@ -9,6 +9,7 @@ finished records for a bounded time and count so that
 
 from __future__ import annotations
 
+import copy
 import enum
 import itertools
 import logging
@@ -66,7 +67,12 @@ class Operation:
         if not self._result.ready():
             raise CallTimeout("%s of %r not finished after %.3gs" % (
                 self.kind, self.object_id, timeout or 0))
-        return self._result.get(block=False)
+        error = self._result.exception
+        if error is not None:
+            # A copy each time: raised, the stored error would take the
+            # frames of this waiter (and all its callers) with it.
+            raise _bare(error)
+        return self._result.value
 
     def add_done_callback(self, fn: Callable[[Operation], Any]) -> None:
         """Call ``fn(operation)`` once it is done, in its own greenlet."""
@@ -92,8 +98,12 @@ class Operation:
         status = (OperationStatus.CANCELLED if isinstance(exc, OperationCancelled)
                   else OperationStatus.FAILED)
         self._finish(status, "%s: %s" % (type(exc).__name__, exc))
-        self._result.set_exception(exc if isinstance(exc, GoverseError) else
-                                   GoverseError("%s: %s" % (type(exc).__name__, exc)))
+        error = exc if isinstance(exc, GoverseError) else GoverseError(
+            "%s: %s" % (type(exc).__name__, exc))
+        # The record outlives the call by minutes: it keeps the error, not
+        # the traceback, whose frames hold the whole stack that ran the
+        # operation (a server call's state among it).
+        self._result.set_exception(_bare(error))
         self._fire()
 
     def _finish(self, status: OperationStatus, error: str | None) -> None:
@@ -108,6 +118,14 @@ class Operation:
 
     def _run_callback(self, fn: Callable[[Operation], Any]) -> None:
         self._spawn(_guarded_callback, fn, self)
+
+
+def _bare(exc: GoverseError) -> GoverseError:
+    """A copy of ``exc`` with no traceback, cause or context (the same error if it cannot be)."""
+    try:
+        return copy.copy(exc)
+    except Exception:  # an error class that cannot be rebuilt from its args
+        return exc.with_traceback(None)
 
 
 def _guarded_callback(fn: Callable[[Operation], Any], op: Operation) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import weakref
 
 import gevent
 import pytest
@@ -195,3 +197,35 @@ def test_old_finished_operations_go_even_behind_a_pending_one():
 
     assert log.get(running.id) is running
     assert len(log) == 1
+
+
+class Bulky:
+    """Stands for what a caller's frame holds: a request, a server call's state."""
+
+
+def test_a_failed_operation_keeps_its_error_not_the_frames_it_passed_through():
+    op = Operation("CreateObject", "x", spawn=gevent.spawn)
+
+    def fail_deep() -> weakref.ref:
+        held = Bulky()
+        try:
+            raise goverse.PeerUnavailable("connection to node n failed")
+        except goverse.GoverseError as exc:
+            op.fail(exc)
+        return weakref.ref(held)
+
+    def wait_in_a_handler() -> weakref.ref:
+        held = Bulky()
+        with pytest.raises(goverse.PeerUnavailable, match="node n"):
+            op.wait(0)
+        return weakref.ref(held)
+
+    where_it_failed = fail_deep()
+    where_it_was_awaited = [wait_in_a_handler() for _ in range(3)]
+    gc.collect()
+
+    # The record lives on (ten minutes, or 10,000 newer ones): it must not
+    # keep the stacks alive.
+    assert where_it_failed() is None
+    assert all(ref() is None for ref in where_it_was_awaited)
+    assert op.status is OperationStatus.FAILED and "PeerUnavailable" in op.error
