@@ -34,8 +34,9 @@ on their own. A node restarted by a fault is a new process: it is judged
 from the end of its own warm-up, when it lives at least one more warm-up
 after that. ``--short`` is one minute with a fault every 20 seconds, for
 CI; it judges only stuck calls and single activation (a minute says
-nothing about growth). Writes ``test-output/soak-summary.json`` and exits 1 when
-a judged goal is missed.
+nothing about growth). Writes ``test-output/soak-summary.json`` (the
+verdict, and every sample of every process under ``samples``) and exits
+1 when a judged goal is missed.
 """
 
 from goverse import runtime
@@ -166,6 +167,18 @@ class Sampler:
             rows.append(self._row(pid, later))
         return rows
 
+    def table(self, started: float) -> dict[str, dict[str, Any]]:
+        """Every sample of every process, by ``"<label> pid <pid>"``, for reading growth later.
+
+        ``columns`` names the values of each row; seconds count from ``started``.
+        """
+        columns = ["seconds", "rss_kb", "fds", "settled", "greenlets", "threadpool_threads"]
+        return {"%s pid %d" % (self.labels[pid], pid): {
+                    "columns": columns,
+                    "rows": [[round(p["t"] - started, 1)] + [p.get(c) for c in columns[1:]]
+                             for p in points]}
+                for pid, points in self.series.items()}
+
     def _row(self, pid: int, points: list[dict[str, Any]]) -> dict[str, Any]:
         first, tail = points[0], points[-3:]
         rss_end = sum(p["rss_kb"] for p in tail) / len(tail)
@@ -267,6 +280,7 @@ def verdict(args: argparse.Namespace, cluster: FaultCluster, sampler: Sampler,
         "faults_by_kind": {k: sum(1 for t in trials if t.fault == k) for k in FAULTS},
         "recovery_s": distribution([t.recovery for t in trials]),
         "processes": growth, "worst_rss_growth": worst_rss,
+        "samples": sampler.table(started),
         "ops": load.counts(), "deadlines": deadline_check, "single_activation": overlaps,
         "pushes": {"acknowledged": load.pushes_sent, "received": load.pushes_received},
         "goals": goals, "passed": all(goals[name] for name in judged),
