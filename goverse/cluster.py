@@ -64,14 +64,19 @@ TXN_BATCH = 64
 MOVE_BATCH = 512
 
 
+def reported_unreachable(info: Any) -> list[str]:
+    """The peers a member key's value reports unreachable, sorted (garbage: none)."""
+    reported = info.get("unreachable") if isinstance(info, dict) else None
+    if not isinstance(reported, list):
+        return []
+    return sorted({peer for peer in reported if isinstance(peer, str)})
+
+
 def reporters_by_node(nodes: dict[str, Any]) -> dict[str, list[str]]:
     """For each live node, the other live nodes that report they cannot reach it."""
     reporters: dict[str, list[str]] = {address: [] for address in nodes}
     for reporter, info in sorted(nodes.items()):
-        reported = info.get("unreachable") if isinstance(info, dict) else None
-        if not isinstance(reported, list):
-            continue
-        for peer in sorted({p for p in reported if isinstance(p, str)}):
+        for peer in reported_unreachable(info):
             if peer in reporters and peer != reporter:
                 reporters[peer].append(reporter)
     return reporters
@@ -172,7 +177,7 @@ class Cluster:
         #: gives the shard to another node.
         self.claim_timeout = max(10.0, 3.0 * lease_ttl)
         self._started = time.monotonic()
-        self._started_wall = time.time()
+        self._started_wall = time.time()  # wall clock, shown to people in the member key
         self._greenlets: list[gevent.Greenlet] = []
         self.statistics = {"claims": 0, "releases": 0, "assignments": 0, "lease_losses": 0}
 

@@ -487,11 +487,14 @@ class Node:
             if cluster is None or self._stopping:
                 continue
             peers = [a for a in cluster.state.nodes if a != self.address]
-            checks = {a: self._background.spawn(self._reaches, a, interval) for a in peers}
-            gevent.joinall(list(checks.values()), timeout=interval + 1.0)
+            # Peers that answered lately need no probe (nor a greenlet).
+            probes = {a: self._background.spawn(self._reaches, a, interval)
+                      for a in peers if not self._answered_within(a, interval)}
+            gevent.joinall(list(probes.values()), timeout=interval + 1.0)
             now = time.monotonic()
-            for address, check in checks.items():
-                if check.successful() and check.value:
+            for address in peers:
+                check = probes.get(address)
+                if check is None or (check.successful() and check.value):
                     failing_since.pop(address, None)
                 else:
                     check.kill(block=False)
@@ -505,13 +508,17 @@ class Node:
             except GoverseError as exc:
                 log.debug("%r could not report unreachable peers yet: %s", self, exc)
 
-    def _reaches(self, address: str, within: float) -> bool:
-        """Did ``address`` answer this node within ``within`` seconds, or does it now?"""
+    def _answered_within(self, address: str, within: float) -> bool:
+        """Did ``address`` answer this node in the last ``within`` seconds?"""
         if self.partitioned:
             return False
         peer = self._peers.get(address)
-        if peer is not None and time.monotonic() - peer.answered_at < within:
-            return True
+        return peer is not None and time.monotonic() - peer.answered_at < within
+
+    def _reaches(self, address: str, within: float) -> bool:
+        """Does ``address`` answer a Status probe within ``within`` seconds?"""
+        if self.partitioned:
+            return False
         try:
             self._peer(address).status(timeout=within)
         except (grpc.RpcError, GoverseError):

@@ -22,7 +22,7 @@ import time
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
 
-from ..cluster import reporters_by_node, suspects_among
+from ..cluster import reported_unreachable, reporters_by_node, suspects_among
 from ..errors import GoverseError, InvalidObjectId
 from ..metrics import LoopMonitor, NodeCollector
 from ..sharding import placement, validate_id
@@ -77,10 +77,8 @@ def reachability(nodes: dict[str, Any]) -> dict[str, dict[str, Any]]:
     suspects = suspects_among(nodes)
     rows = {}
     for address, info in nodes.items():
-        reported = info.get("unreachable") if isinstance(info, dict) else None
         rows[address] = {
-            "cannot_reach": sorted(p for p in reported if isinstance(p, str))
-            if isinstance(reported, list) else [],
+            "cannot_reach": reported_unreachable(info),
             "unreachable_to": reporters[address],
             "suspect": address in suspects,
         }
