@@ -598,7 +598,11 @@ class Cluster:
         self._lease_tainted = True
         self._lease_valid_until = 0.0
         self.statistics["lease_losses"] += 1
-        log.error("%r stops serving %d shards: %s", self, len(shards), reason)
+        if shards:
+            log.error("%r stops serving %d shards: %s", self, len(shards), reason)
+        else:  # a gate, or a second report of a loss already handled
+            log.warning("%r has no lease it can trust (%s); it served no shards", self,
+                        reason)
         if shards:
             self._on_release(shards, time.monotonic())
         self._on_lost(reason)

@@ -647,6 +647,17 @@ class Node:
                           pb.PeerOp.Name(request.op), request.id)
             answer.error_kind = error_kind(exc)
             answer.error_message = "%s: %s" % (type(exc).__name__, exc)
+        except (gevent.GreenletExit, gevent.Timeout) as exc:
+            # Only a stopping node kills its serving greenlets, and nothing
+            # here runs under a timeout of its own: otherwise the object
+            # raised it, and its caller is answered instead of left waiting.
+            if self._stopping:
+                raise
+            log.warning("%r: %s for %s raised %s", self, pb.PeerOp.Name(request.op),
+                        request.id, type(exc).__name__, exc_info=True)
+            answer.error_kind = ObjectMethodError.__name__
+            answer.error_message = "%s(%s): the object raised %s: %s" % (
+                request.type, request.id, type(exc).__name__, exc)
         return answer
 
     def _serve_peer_op(self, request: pb.PeerRequest, answer: pb.PeerResponse) -> None:
@@ -716,12 +727,19 @@ class Node:
         place = placement(object_id, self._num_shards)
         self._owner_of(place, object_id)  # an unknown pinned node fails here, at once
         op = Operation(kind, object_id, spawn=self.spawn_detached)
-        self.operations.add(op)
         if wait:
-            # The caller gets the error raised: a failure is news for the
-            # caller, not for the operator, so it is logged at INFO.
-            self._run_operation(op, work, type_name, place, timeout, failure_level=logging.INFO)
+            # The caller holds the only handle and gets the error raised, so
+            # the operation stays out of the log that answers status queries,
+            # and its failure is news for the caller, not for the operator.
+            try:
+                self._run_operation(op, work, type_name, place, timeout, waited=True)
+            except BaseException:
+                if not op.done():  # the caller was killed or interrupted
+                    op.fail(OperationCancelled("%s %s cancelled: its caller was interrupted"
+                                               % (kind, object_id)))
+                raise
             return op
+        self.operations.add(op)
         log.info("%r: %s %s initiated asynchronously%s", self, kind, object_id, _trace())
         # A detached operation keeps the caller's values and deadline but
         # starts its own call chain: it runs beside the caller, not inside
@@ -743,10 +761,9 @@ class Node:
             op.fail(error)
 
     def _run_operation(self, op: Operation, work: Callable[..., Any], type_name: str,
-                       place: Placement, timeout: float | None,
-                       failure_level: int = logging.ERROR) -> None:
+                       place: Placement, timeout: float | None, waited: bool = False) -> None:
         try:
-            self._do_operation(op, work, type_name, place, timeout, failure_level)
+            self._do_operation(op, work, type_name, place, timeout, waited)
         finally:
             if not op.done():  # killed: the caller records the cancellation
                 op.add_done_callback(self._count_operation)
@@ -757,21 +774,22 @@ class Node:
         self.stats.operation_done(op.kind, op.status.value, (op.finished or 0) - op.started)
 
     def _do_operation(self, op: Operation, work: Callable[..., Any], type_name: str,
-                      place: Placement, timeout: float | None, failure_level: int) -> None:
+                      place: Placement, timeout: float | None, waited: bool) -> None:
         try:
             with self._call_scope(timeout) as deadline:
                 work(type_name, op.object_id, place, deadline)
         except GoverseError as exc:
-            log.log(failure_level, "%r: Async %s %s failed: %s%s", self, op.kind,
-                    op.object_id, exc, _trace())
+            log.log(logging.INFO if waited else logging.ERROR, "%r: Async %s %s failed: %s%s",
+                    self, op.kind, op.object_id, exc, _trace())
             op.fail(exc)
             return
         except Exception as exc:
             log.exception("%r: Async %s %s failed%s", self, op.kind, op.object_id, _trace())
             op.fail(ObjectMethodError("%s: %s" % (type(exc).__name__, exc)))
             return
-        log.info("%r: Async %s %s completed successfully%s", self, op.kind, op.object_id,
-                 _trace())
+        log.log(logging.DEBUG if waited else logging.INFO,
+                "%r: Async %s %s completed successfully%s", self, op.kind, op.object_id,
+                _trace())
         op.succeed(op.object_id)
 
     def _create_anywhere(self, type_name: str, object_id: str, place: Placement,
@@ -812,7 +830,9 @@ class Node:
             log.info("%r evicted %d objects of %d moving shards", self, count, len(shards))
 
     def _lease_lost(self, reason: str) -> None:
-        log.error("%r lost its lease (%s); its objects were deactivated", self, reason)
+        # The cluster has logged the shards it dropped (an ERROR when any).
+        log.warning("%r lost its lease (%s); it serves nothing until it registers again",
+                    self, reason)
 
     def _on_activation(self, obj: BaseObject, event: str) -> None:
         self.stats.activated(obj._gv_type, 1 if event == "activate" else -1)

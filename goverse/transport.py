@@ -41,6 +41,7 @@ from .errors import (
     GoverseError,
     MessageTooLarge,
     NodeStopped,
+    ObjectMethodError,
     PeerOverloaded,
     PeerUnavailable,
     PeerUnreachable,
@@ -324,6 +325,13 @@ def _unary(ctx: grpc.ServicerContext, run: Any, client_id: str = "") -> Any:
         log.exception("unary handler failed")
         ctx.set_trailing_metadata(((ERROR_KIND_METADATA, error_kind(exc)),))
         ctx.abort(grpc.StatusCode.INTERNAL, "%s: %s" % (type(exc).__name__, exc))
+    except (gevent.GreenletExit, gevent.Timeout) as exc:
+        # gRPC's handler greenlets are never killed and run under no timeout
+        # of ours: an object raised this, and the caller is told so at once.
+        log.warning("unary handler: the object raised %s", type(exc).__name__, exc_info=True)
+        ctx.set_trailing_metadata(((ERROR_KIND_METADATA, ObjectMethodError.__name__),))
+        ctx.abort(grpc.StatusCode.INTERNAL, "the object raised %s: %s" % (
+            type(exc).__name__, exc))
 
 
 def _batches(queue: Queue, limit: int, batch_type: Any, field: str,

@@ -40,6 +40,13 @@ class Counter(goverse.BaseObject):
     def Exit(self, request: StringValue) -> StringValue:
         raise SystemExit(3)  # an object's bug must not end its node
 
+    @goverse.method
+    def Raise(self, request: StringValue) -> StringValue:
+        """Raise what is named, from gevent: a bug, not a kill or a caller's timeout."""
+        if request.value == "GreenletExit":
+            raise gevent.GreenletExit()
+        raise gevent.Timeout(0.5)
+
 
 @goverse.register
 class Slow(goverse.BaseObject):

@@ -282,6 +282,9 @@ def test_admin_errors_are_json(two_admins):
     status, headers, body = fetch(base + "/status", method="HEAD")
     assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0
 
+    status, error = fetch_json(base + "/objects/bad%FFid")
+    assert status == 400 and "not UTF-8: byte 0xff at 12" in error["error"]
+
 
 def test_admin_mount_sends_only_its_prefix_to_the_admin(make_node):
     node = make_node(num_shards=NUM_SHARDS)

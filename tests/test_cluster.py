@@ -206,6 +206,18 @@ def test_method_raising_system_exit_fails_the_call_not_the_node(cluster):
     assert where(caller, object_id) == procs[0].address
 
 
+@pytest.mark.parametrize("raised", ["GreenletExit", "Timeout"])
+def test_method_raising_gevent_control_exceptions_is_answered(cluster, raised):
+    caller, procs = cluster
+    object_id = "%s/raiser" % procs[0].address
+    # Unanswered, the call would end as CallTimeout after its 30 s.
+    with pytest.raises(goverse.ObjectMethodError, match=raised):
+        caller.call_object("Counter", object_id, "Raise", StringValue(value=raised),
+                           timeout=30)
+    assert caller.call_object("Counter", object_id, "Context",
+                              StringValue(value="x"), timeout=10) == StringValue()
+
+
 def test_answer_over_the_message_limit_fails_alone(cluster):
     caller, procs = cluster
     object_id = "%s/blob" % procs[0].address

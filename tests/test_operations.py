@@ -229,3 +229,22 @@ def test_a_failed_operation_keeps_its_error_not_the_frames_it_passed_through():
     assert where_it_failed() is None
     assert all(ref() is None for ref in where_it_was_awaited)
     assert op.status is OperationStatus.FAILED and "PeerUnavailable" in op.error
+
+
+def test_a_waiting_create_whose_caller_is_killed_is_counted_cancelled(make_node):
+    node = make_node(num_shards=64)
+    waiting = gevent.spawn(node.create_object, "Sleeper", "killed-waiter", wait=True)
+    wait_until(lambda: "killed-waiter" in node.host.objects, 5)
+    waiting.kill()
+    wait_until(lambda: node.stats.operations.get(("CreateObject", "cancelled")) == 1, 5)
+    assert node.operations.pending() == []
+
+
+def test_waited_operations_stay_out_of_the_status_log(make_node):
+    node = make_node(num_shards=64)
+    node.create_object("Hop", "waited-op", wait=True)
+    assert node.stats.operations.get(("CreateObject", "succeeded")) == 1
+    assert len(node.operations) == 0
+    op = node.create_object_async("Hop", "async-op")
+    op.wait(5)
+    assert node.operation_status(op.id)["status"] == "succeeded"

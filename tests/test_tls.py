@@ -92,6 +92,34 @@ def test_client_reaches_a_gate_over_tls(make_node, certificates, cluster_prefix,
         gate.stop()
 
 
+def test_cluster_admin_asks_tls_nodes_with_the_cluster_certificate(
+        make_node, certificates, cluster_prefix, etcd_endpoint):
+    from goverse.admin import ClusterSource
+
+    good, _ = certificates
+    node = make_node(num_shards=64, **good)
+    node.call_object("Counter", "%s/listed" % node.address, "Where", StringValue(), timeout=5)
+
+    def source(**tls):
+        return ClusterSource.from_settings(goverse.Settings.from_mapping(dict(
+            tls, etcd_endpoints=[etcd_endpoint], etcd_prefix=cluster_prefix)),
+            node_timeout=2)
+
+    admin = source(**good)
+    try:
+        [row] = admin.nodes()
+        assert "error" not in row and row["objects"] == 1, row
+    finally:
+        admin.close()
+    # A plaintext admin is refused by the TLS node, and says so per node.
+    plain = source()
+    try:
+        [row] = plain.nodes()
+        assert row["objects"] is None and node.address in row["error"], row
+    finally:
+        plain.close()
+
+
 # -- etcd over TLS ----------------------------------------------------------------
 
 

@@ -103,8 +103,8 @@ class AdminApp:
 
     def respond(self, environ: dict[str, Any]) -> Response:
         """Route one request; every failure becomes a JSON error answer."""
-        path = _path(environ)
         try:
+            path = _path(environ)
             if path == "":
                 return self._to_mount_point(environ)
             handler, args = self._match(path)
@@ -214,9 +214,14 @@ def _path(environ: dict[str, Any]) -> str:
     # PEP 3333: PATH_INFO holds the URL-decoded bytes as latin-1 text.
     raw = environ.get("PATH_INFO", "")
     try:
-        return raw.encode("latin-1").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
+        data = raw.encode("latin-1")
+    except UnicodeEncodeError:  # a server that decoded it already
         return raw
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HTTPError(400, "the URL path is not UTF-8: byte 0x%02x at %d of %r" % (
+            data[exc.start], exc.start, data[:80])) from None
 
 
 def _int_param(query: dict[str, list[str]], name: str, default: int, low: int,

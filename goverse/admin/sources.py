@@ -346,8 +346,11 @@ class ClusterSource:
     mode = "cluster"
 
     def __init__(self, etcd_endpoints: Iterable[str] | EtcdClient, prefix: str = "/goverse",
-                 *, node_timeout: float = 2.0, max_message_bytes: int = MAX_LISTING_BYTES
-                 ) -> None:
+                 *, node_timeout: float = 2.0, max_message_bytes: int = MAX_LISTING_BYTES,
+                 credentials: Any = None) -> None:
+        """``credentials``: grpc channel credentials for a cluster whose nodes
+        serve TLS (:meth:`from_settings` makes them from the ``tls_*`` settings).
+        """
         from ..etcd import EtcdClient
 
         if isinstance(etcd_endpoints, EtcdClient):
@@ -358,12 +361,18 @@ class ClusterSource:
         self.node_timeout = node_timeout
         self._max_message_bytes = max_message_bytes
         self._channels: dict[str, Any] = {}
+        self._credentials = credentials
         self._monitor: LoopMonitor | None = None
         self._group: Any = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> ClusterSource:
-        """A source for the cluster ``settings`` name (endpoints, prefix, etcd auth)."""
+        """A source for the cluster ``settings`` name (endpoints, prefix, etcd auth).
+
+        With ``tls_cert`` set the nodes are asked over TLS, with that
+        certificate as the admin's own (nodes require one signed by ``tls_ca``).
+        """
+        from .. import tls
         from ..errors import ConfigError
         from ..etcd import EtcdClient
 
@@ -375,6 +384,9 @@ class ClusterSource:
                             user=s.etcd_user or None, password=s.etcd_password or None,
                             ca_cert=s.etcd_ca_cert or None, cert_key=s.etcd_key or None,
                             cert_chain=s.etcd_cert or None)
+        if tls.enabled(s):
+            tls.check_files(s)
+            kwargs.setdefault("credentials", tls.channel_credentials(s))
         return cls(client, s.etcd_prefix, **kwargs)
 
     def __repr__(self) -> str:
@@ -463,8 +475,11 @@ class ClusterSource:
 
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.insecure_channel(address, options=[
-                ("grpc.max_receive_message_length", self._max_message_bytes)])
+            options = [("grpc.max_receive_message_length", self._max_message_bytes)]
+            if self._credentials is not None:
+                channel = grpc.secure_channel(address, self._credentials, options=options)
+            else:
+                channel = grpc.insecure_channel(address, options=options)
             self._channels[address] = channel
         return pb_grpc.GoverseStub(channel)
 
