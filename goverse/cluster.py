@@ -770,9 +770,16 @@ class Cluster:
         return targets
 
     def _moves_in_flight(self) -> bool:
+        """Is a shard still on its way to a live target?
+
+        A move lands when the target owns the shard, not when the old owner
+        lets go: between the two the shard answers nobody, so the next batch
+        waits for the claims (a slow claimer would otherwise leave many
+        batches unowned at once). A target that never claims is reassigned
+        after ``claim_timeout``, which ends the wait.
+        """
         nodes = self.state.nodes
-        return any(v.owner in nodes and v.target in nodes and v.owner != v.target
-                   for v in self.state.shards)
+        return any(v.target in nodes and v.owner != v.target for v in self.state.shards)
 
     def _claim(self) -> None:
         if self._leaving:

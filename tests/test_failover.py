@@ -355,6 +355,44 @@ def test_join_moves_a_fair_share_and_keeps_unmoved_objects(spawn_nodes, start_ob
     assert any(shard_of(object_id) in moved for object_id in ids)
 
 
+def test_a_join_moves_one_batch_at_a_time_until_each_lands(make_node, monkeypatch):
+    """A moved shard counts as moving until its new owner has claimed it."""
+    from goverse.cluster import MOVE_BATCH, Cluster
+
+    many = 6 * MOVE_BATCH
+    first = make_node(num_shards=many, stability_window=0.2)
+    second = make_node(num_shards=many, stability_window=0.2)
+    wait_until(lambda: first.cluster.is_settled() and len(first.cluster.state.nodes) == 2, 30)
+    unowned_at_once = [0]
+    # A claimer slower than the leader (a loaded node): released shards wait.
+    claim_batch = Cluster._claim_batch
+
+    def slow_claim(cluster: Cluster, batch: list[int]) -> None:
+        gevent.sleep(0.3)
+        claim_batch(cluster, batch)
+    monkeypatch.setattr(Cluster, "_claim_batch", slow_claim)
+
+    def watch() -> None:
+        while True:
+            shards = first.cluster.state.shards
+            unowned_at_once[0] = max(unowned_at_once[0],
+                                     sum(view.owner is None for view in shards))
+            first.cluster.wait_changed(0.05)
+
+    watcher = gevent.spawn(watch)
+    try:
+        third = make_node(num_shards=many, stability_window=0.2)
+        wait_until(lambda: first.cluster.is_settled()
+                   and len(first.cluster.state.nodes) == 3, 60)
+    finally:
+        watcher.kill()
+    counts = collections.Counter(view.owner for view in first.cluster.state.shards)
+    assert counts[third.address] >= many // 3 - 1, counts
+    # The leader sends the next batch only once the last one is owned again:
+    # between release and claim a shard answers nobody.
+    assert 0 < unowned_at_once[0] <= MOVE_BATCH, unowned_at_once
+
+
 class ShardWatch:
     """Records when the observer saw each shard leave its initial owner."""
 
