@@ -633,6 +633,7 @@ class Cluster:
                 log.exception("%r control step failed", self)
             else:
                 continue
+            self._last_step = ()  # the view may be unchanged: try again anyway
             gevent.sleep(backoff + random.random() * backoff)
             backoff = min(backoff * 2, 2.0)
 
@@ -666,16 +667,36 @@ class Cluster:
         """Skip walking every shard when nothing changed since the last step.
 
         The view's revision and this node's own claims cover every input of
-        a step; the timers (stability window, claim timeout) are covered by
-        a full step at least every second.
+        a step but time: while a timer may fire (see :meth:`_waiting_on_time`)
+        a full step runs at least every second. A settled cluster walks its
+        shards only when etcd tells it something: the walk over thousands of
+        shards holds the event loop for milliseconds, which calls would see.
         """
         now = time.monotonic()
         marker = (self.state.revision, len(self.owned), self._leaving, self.lease_id)
-        if marker == self._last_step and now - self._last_step_at < 1.0:
+        if marker == self._last_step and (now - self._last_step_at < 1.0
+                                          or not self._waiting_on_time(now)):
             return False
         self._last_step = marker
         self._last_step_at = now
         return True
+
+    def _waiting_on_time(self, now: float) -> bool:
+        """Could a step with an unchanged view decide something new now?
+
+        Time enters a step in three places: membership must be stable for
+        the window before shards move; the leader gives away shards their
+        target left unclaimed past ``claim_timeout``; and it probes again
+        nodes it could not reach.
+        """
+        if now - self._membership_changed <= self.stability_window + 1.0:
+            return True
+        if not self.is_leader:
+            return False
+        if self._unclaimed_since:
+            return True
+        return self._probe is not None and not all(
+            self._reachable.get(node) for node in self.state.nodes)
 
     def _campaign(self) -> None:
         key = self._key("leader")
