@@ -393,6 +393,31 @@ def test_a_join_moves_one_batch_at_a_time_until_each_lands(make_node, monkeypatc
     assert 0 < unowned_at_once[0] <= MOVE_BATCH, unowned_at_once
 
 
+def test_a_settled_leader_does_not_walk_its_shards_on_a_timer(make_node, monkeypatch):
+    from goverse.cluster import Cluster
+
+    first = make_node(num_shards=1024, stability_window=0.2)
+    second = make_node(num_shards=1024, stability_window=0.2)
+    wait_until(lambda: first.cluster.is_settled() and len(first.cluster.state.nodes) == 2, 30)
+    leader = first if first.cluster.is_leader else second
+    walks = []
+    plan = Cluster._targets_for_planning
+
+    def counted(cluster: Cluster) -> list:
+        walks.append(cluster.address)
+        return plan(cluster)
+    monkeypatch.setattr(Cluster, "_targets_for_planning", counted)
+    # Past the stability window, nothing is left to wait for.
+    wait_until(lambda: not leader.cluster._waiting_on_time(time.monotonic()), 10)
+    walks.clear()
+    gevent.sleep(2.5)  # an idle stretch: what is asserted is that nothing ran
+    assert walks == []
+    # A change in etcd still gets its step at once.
+    third = make_node(num_shards=1024, stability_window=0.2)
+    wait_until(lambda: leader.address in walks, 10)
+    wait_until(lambda: any(v.owner == third.address for v in leader.cluster.state.shards), 30)
+
+
 class ShardWatch:
     """Records when the observer saw each shard leave its initial owner."""
 
