@@ -82,6 +82,21 @@ context = ContextDict()
 # ---- runtime-owned values -------------------------------------------------
 
 
+#: The longest timeout a call may ask for, in seconds (about three years):
+#: far longer would overflow gRPC's deadline arithmetic, which then expires
+#: the call at once.
+MAX_TIMEOUT = 1e8
+
+
+def check_timeout(timeout: Any) -> float:
+    """``timeout`` if it is a usable number of seconds; a ValueError naming it if not."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not 0 < timeout <= MAX_TIMEOUT:  # NaN fails every comparison
+        raise ValueError("timeout must be a number of seconds above 0 and at most %g, "
+                         "got %r" % (MAX_TIMEOUT, timeout))
+    return timeout
+
+
 def deadline() -> float | None:
     """The current call's deadline as a ``time.monotonic()`` instant, or None."""
     return _deadline.get()

@@ -22,7 +22,6 @@ greenlet) and in a plain threaded one (a daemon thread).
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import random
 import threading
@@ -34,6 +33,7 @@ import grpc
 from google.protobuf import any_pb2
 
 from . import runtime
+from .callctx import check_timeout
 from ._pb import gate_pb2 as gate_pb
 from ._pb import gate_pb2_grpc as gate_grpc
 from .errors import (
@@ -88,7 +88,7 @@ class Client:
         if runtime.is_patched():
             runtime.init_grpc()
         self.addresses = list(addresses)
-        self.timeout = _check_timeout(timeout)
+        self.timeout = check_timeout(timeout)
         self.reconnect = reconnect
         self._current = 0
         self._channels: dict[str, grpc.Channel] = {}
@@ -163,7 +163,7 @@ class Client:
                 idempotent: bool) -> Any:
         if self._closed:
             raise NodeStopped("client is closed")
-        timeout = self.timeout if timeout is None else _check_timeout(timeout)
+        timeout = self.timeout if timeout is None else check_timeout(timeout)
         deadline = time.monotonic() + timeout
         failures = []
         for _ in range(len(self.addresses)):
@@ -367,14 +367,6 @@ def _credentials(ca: str | None, cert: str | None,
     return grpc.ssl_channel_credentials(root_certificates=read(ca, "tls_ca"),
                                         private_key=read(key, "tls_key"),
                                         certificate_chain=read(cert, "tls_cert"))
-
-
-def _check_timeout(timeout: float) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-            or not math.isfinite(timeout) or timeout <= 0:
-        raise ValueError("timeout must be a finite number of seconds above 0, got %r" % (
-            timeout,))
-    return timeout
 
 
 #: The error a name that is not valid text raises, by the field it is in.

@@ -561,7 +561,8 @@ class Node:
         The copy makes a local call behave like a remote one: what the
         callee writes into ``goverse.context`` does not leak back.
         """
-        deadline = time.monotonic() + (self._call_timeout if timeout is None else timeout)
+        deadline = time.monotonic() + (self._call_timeout if timeout is None
+                                       else context.check_timeout(timeout))
         inherited = context._deadline.get()
         if inherited is not None and inherited < deadline:
             deadline = inherited
@@ -724,6 +725,8 @@ class Node:
                          timeout: float | None = None) -> Operation:
         self._check_running()
         validate_id(object_id)
+        if timeout is not None:
+            context.check_timeout(timeout)
         place = placement(object_id, self._num_shards)
         self._owner_of(place, object_id)  # an unknown pinned node fails here, at once
         op = Operation(kind, object_id, spawn=self.spawn_detached)

@@ -40,7 +40,8 @@ class GateLinks:
     def __init__(self, queue_size: int = 10000) -> None:
         self._queues: dict[str, Queue] = {}
         self._queue_size = queue_size
-        self.counts = {"sent": 0, "dropped_no_gate": 0, "dropped_full": 0}
+        self.counts = {"sent": 0, "dropped_no_gate": 0, "dropped_full": 0,
+                       "dropped_bad_id": 0}
 
     def gates(self) -> list[str]:
         return sorted(self._queues)
@@ -74,10 +75,23 @@ class GateLinks:
             queue.put(_CLOSE)
 
     def push(self, client_ids: Iterable[str], message: Any) -> int:
-        """Send ``message`` to each client; returns how many gates took it."""
+        """Send ``message`` to each client; returns how many gates took it.
+
+        A malformed client id (client ids come from outside, through the
+        gates, unchecked) is dropped and counted like any undeliverable
+        push: one bad member must not silence a push to all the others.
+        """
         by_gate: dict[str, list[str]] = {}
         for client_id in client_ids:
-            by_gate.setdefault(gate_of(client_id), []).append(client_id)
+            try:
+                if not isinstance(client_id, str):
+                    raise InvalidObjectId("client id %r is not a string" % (client_id,))
+                gate = gate_of(client_id)
+            except InvalidObjectId as exc:
+                self.counts["dropped_bad_id"] += 1
+                log.warning("push dropped for one client: %s", exc)
+                continue
+            by_gate.setdefault(gate, []).append(client_id)
         packed = pack(message)
         return sum(self._offer(gate, pb.GateMessage(client_ids=ids, message=packed), len(ids))
                    for gate, ids in by_gate.items())

@@ -177,7 +177,7 @@ def test_a_name_that_is_not_text_raises_the_fields_error(field):
                 client.delete(names["type"], names["id"])
 
 
-@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 0, -1])
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 0, -1, 1e10, True])
 def test_timeouts_must_be_finite_and_positive(timeout):
     with pytest.raises(ValueError, match="timeout"):
         Client(["127.0.0.1:1"], timeout=timeout)

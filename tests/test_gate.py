@@ -232,6 +232,9 @@ def test_push_to_one_several_and_all_clients_over_grpc_and_sse(gate, stub):
     sse = SseReader("http://" + gate.http_address)
     try:
         assert push_to(stub, "one", grpc_a.client_id).value == 1
+        # A malformed id among them (ids come from clients, unchecked) is
+        # dropped alone: the others still get the push.
+        assert push_to(stub, "bad", "bogus", grpc_b.client_id).value == 1
         # Several clients of one gate travel as one envelope.
         assert push_to(stub, "several", grpc_b.client_id, sse.client_id).value == 1
         everyone = call(stub, "Pusher", "p-all", "ToAll", StringValue(value="all"))
@@ -239,10 +242,10 @@ def test_push_to_one_several_and_all_clients_over_grpc_and_sse(gate, stub):
 
         texts = lambda reader: [m.value for m in reader.messages(StringValue)]  # noqa: E731
         wait_until(lambda: texts(grpc_a) == ["one", "all"], 10, message="grpc a")
-        wait_until(lambda: texts(grpc_b) == ["several", "all"], 10, message="grpc b")
+        wait_until(lambda: texts(grpc_b) == ["bad", "several", "all"], 10, message="grpc b")
         wait_until(lambda: texts(sse) == ["several", "all"], 10, message="sse")
         stats = gate.clients.statistics()
-        assert stats["delivered"] == 6 and stats["dropped_full"] == 0
+        assert stats["delivered"] == 7 and stats["dropped_full"] == 0
     finally:
         for reader in (grpc_a, grpc_b, sse):
             reader.close()

@@ -328,3 +328,12 @@ def test_context_values_reach_the_object(node):
     finally:
         del goverse.context["trace"]
     assert answer.value == "t-1"
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 0, -1, 1e300, "5"])
+def test_a_timeout_that_is_no_usable_number_is_refused_at_once(node, timeout):
+    with pytest.raises(ValueError, match="timeout must be .* got %s" % re.escape(repr(timeout))):
+        node.call_object("Counter", "timeouts", "Add", Int64Value(value=1), timeout=timeout)
+    with pytest.raises(ValueError, match="timeout must be"):
+        node.create_object("Counter", "timeouts-created", timeout=timeout)
+    assert "timeouts-created" not in node.host.objects
