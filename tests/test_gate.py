@@ -350,6 +350,8 @@ def test_http_client_id_header_reaches_the_method(gate):
     ("objects/call/Counter/Add", {"request": ""}, None, 400, "BadRequest"),
     ("objects/call/Counter/{id}/Add", None, b"{not json", 400, "BadRequest"),
     ("objects/call/Counter/{id}/Add", None, b"[1]", 400, "BadRequest"),
+    ("objects/call/Counter/{id}/Add", None, b'{"request":' + b"[" * 5000 + b"]" * 5000 + b"}",
+     400, "BadRequest"),
     ("objects/call/Counter/{id}/Add", {"request": "!!not base64!!"}, None, 400, "BadRequest"),
     ("objects/call/Counter/{id}/Add", {"request": base64.b64encode(b"\xff\xff").decode()},
      None, 400, "BadRequest"),

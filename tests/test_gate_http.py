@@ -116,3 +116,17 @@ def test_a_body_over_the_limit_is_413_naming_the_limit():
     status, _ = request(app, "POST", b"/api/v1/objects/call/Counter/x/Add",
                         body_of(BytesValue(value=b"x" * 1000)))
     assert status == 200
+
+
+def test_a_chunked_body_is_read_and_held_to_the_limit():
+    # A server de-chunks the body for the app: wsgi.input ends where it ends,
+    # and no Content-Length says how long it is.
+    app, node = make_app(max_message_bytes=1024)
+    chunked = {"HTTP_TRANSFER_ENCODING": "chunked", "CONTENT_LENGTH": ""}
+    status, answer = request(app, "POST", b"/api/v1/objects/call/Counter/x/Add",
+                             body_of(Int64Value(value=3)), chunked)
+    assert status == 200, answer
+    assert node.asked == [("call", "Counter", "x", "Add")]
+    status, answer = request(app, "POST", b"/api/v1/objects/call/Counter/x/Add",
+                             b" " * (body_limit(1024) + 1), chunked)
+    assert status == 413 and "chunked body of more than" in answer["error"]

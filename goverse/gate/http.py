@@ -186,17 +186,26 @@ class GateHttpApp:
         return self.gate.statistics(greenlets=asked in ("1", "true"))
 
     def _read_body(self, environ: dict) -> bytes:
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            # No length up front: read one byte past the limit to tell.
+            body = environ["wsgi.input"].read(self.max_body + 1)
+            if len(body) > self.max_body:
+                raise self._too_large("a chunked body of more than %d bytes" % (
+                    self.max_body,))
+            return body
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             raise BadRequest("Content-Length is not a number") from None
         if length > self.max_body:
-            raise BadRequest(
-                "body of %d bytes exceeds the limit of %d bytes (a message of "
-                "max_message_bytes %d as base64 in JSON)" % (
-                    length, self.max_body, self.max_message_bytes),
-                413, "RESOURCE_EXHAUSTED")
+            raise self._too_large("a body of %d bytes" % (length,))
         return environ["wsgi.input"].read(length) if length > 0 else b""
+
+    def _too_large(self, what: str) -> BadRequest:
+        return BadRequest("%s exceeds the limit of %d bytes (a message of max_message_bytes "
+                          "%d as base64 in JSON)" % (what, self.max_body,
+                                                     self.max_message_bytes),
+                          413, "RESOURCE_EXHAUSTED")
 
     # ---- Server-Sent Events -------------------------------------------------
 
@@ -314,6 +323,8 @@ def _read_json(raw: bytes) -> dict:
         body = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("body is not valid JSON: %s" % (exc,)) from None
+    except RecursionError:
+        raise BadRequest("body is not valid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object, got %s" % (type(body).__name__,))
     return body
