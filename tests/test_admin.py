@@ -503,3 +503,29 @@ def test_admin_under_gunicorn_answers_for_the_whole_cluster(node_processes, guni
         return "error" in rows.get(procs[1].address, {}) and "error" not in rows[
             procs[0].address]
     wait_until(marked, timeout=10, message="dead node marked with an error")
+
+
+def test_silent_connections_cannot_hold_every_admin_slot(make_node, monkeypatch, capsys):
+    import socket
+
+    from goverse.admin import server as admin_server
+
+    monkeypatch.setattr(admin_server, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(admin_server, "IDLE_TIMEOUT", 0.5)
+    _, base = admin_node(make_node)
+    port = int(base.rsplit(":", 1)[1])
+    silent = []
+    for _ in range(admin_server.MAX_CONNECTIONS):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # half a request head
+        silent.append(sock)
+    try:
+        status, _, body = fetch(base + "/healthz")
+        assert status == 200, body
+        for sock in silent:  # each was closed by the server, not left waiting
+            sock.settimeout(5)
+            assert sock.recv(100) == b""
+        assert "Traceback" not in capsys.readouterr().err
+    finally:
+        for sock in silent:
+            sock.close()

@@ -10,7 +10,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any, Callable
 
-from gevent.pywsgi import WSGIServer
+from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from ..errors import ConfigError, GoverseError
 
@@ -19,8 +19,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Admin requests served at once; more wait for a free slot.
-MAX_CONNECTIONS = 64
+#: Admin connections served at once; more wait for a free slot.
+MAX_CONNECTIONS = 256
+#: Seconds a connection may stay silent (idle between keep-alive requests,
+#: or partway through a request) before it is closed: otherwise a few
+#: hundred idle or slow clients would hold every slot, /healthz included.
+IDLE_TIMEOUT = 15.0
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -85,10 +89,22 @@ class AdminServer:
         log.info("node %s admin at %s stopped", self.node.address, self.url)
 
 
+class _Handler(WSGIHandler):
+    def _handle_client_error(self, ex: BaseException) -> Any:
+        if isinstance(ex, TimeoutError):  # a request head left unfinished: close quietly
+            log.debug("admin: %s sent half a request and fell silent", self.client_address)
+            return None
+        return super()._handle_client_error(ex)
+
+
 class _NoDelayServer(WSGIServer):
-    """Sends small answers at once: without TCP_NODELAY a keep-alive client
-    waits for the delayed ACK (about 40 ms) on every request."""
+    """Sends small answers at once (without TCP_NODELAY a keep-alive client
+    waits for the delayed ACK, about 40 ms, on every request) and closes
+    connections silent for ``IDLE_TIMEOUT``."""
+
+    handler_class = _Handler
 
     def handle(self, sock: Any, address: Any) -> Any:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(IDLE_TIMEOUT)
         return super().handle(sock, address)
