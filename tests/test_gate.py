@@ -467,3 +467,34 @@ def test_gate_process_relinks_after_a_node_restart(etcd_endpoint, cluster_prefix
         if reader is not None:
             reader.close()
         gate.close()
+
+
+def test_push_streams_leave_workers_for_calls(shared_cluster, etcd_endpoint):
+    prefix, _ = shared_cluster
+    small = Gate(goverse.Settings.from_mapping(dict(
+        GATE_SETTINGS, server_workers=8, etcd_endpoints=[etcd_endpoint], etcd_prefix=prefix)))
+    start_settled(small)
+    readers = []
+    channel = grpc.insecure_channel(small.address)
+    try:
+        limit = small._servicer.max_streams
+        assert 0 < limit < 8
+        readers = [GrpcPushReader(small.address) for _ in range(limit)]
+        # One stream more is refused at once, and says why ...
+        extra = GrpcPushReader.__new__(GrpcPushReader)
+        with pytest.raises(grpc.RpcError) as info:
+            GrpcPushReader.__init__(extra, small.address)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "push streams" in info.value.details() and "server_workers 8" in info.value.details()
+        # ... and calls still find a worker.
+        stub = gate_pb2_grpc.GateServiceStub(channel)
+        answer = call(stub, "Counter", "streams-full", "Add", Int64Value(value=2))
+        assert unpack(answer, Int64Value).value == 2
+        readers.pop().close()
+        wait_until(lambda: small._servicer.streams < limit, 10)
+        readers.append(GrpcPushReader(small.address))
+    finally:
+        for reader in readers:
+            reader.close()
+        channel.close()
+        small.stop(grace=1)

@@ -74,7 +74,8 @@ class Gate:
         return self._stopping
 
     def _add_service(self, server: grpc.Server) -> None:
-        gate_grpc.add_GateServiceServicer_to_server(GateServicer(self), server)
+        self._servicer = GateServicer(self)
+        gate_grpc.add_GateServiceServicer_to_server(self._servicer, server)
 
     def require_clients(self, ctx: grpc.ServicerContext) -> ClientRegistry:
         if self.clients is None or self._stopping:

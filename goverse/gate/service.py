@@ -35,15 +35,32 @@ class GateServicer(gate_grpc.GateServiceServicer):
 
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
+        #: Open push streams. Each holds one of gRPC's ``server_workers``
+        #: for its whole life, so some workers are kept for calls: with
+        #: every worker streaming, calls would wait for a free one and
+        #: fail at their deadline with no word of why.
+        self.streams = 0
+        workers = gate.settings.server_workers
+        self.max_streams = max(1, workers - max(4, workers // 8))
 
     def Register(self, request: gate_pb.Empty, ctx: grpc.ServicerContext) -> Iterator[Any]:
         clients = self.gate.require_clients(ctx)
-        client = clients.register("grpc")
+        if self.streams >= self.max_streams:
+            ctx.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      "gate %s holds %d push streams, its limit (server_workers %d, less "
+                      "the workers kept for calls): register at another gate, or raise "
+                      "server_workers" % (self.gate.address, self.streams,
+                                          self.gate.settings.server_workers))
+        self.streams += 1
         try:
-            yield pack(gate_pb.RegisterResponse(client_id=client.id))
-            yield from client.messages(STREAM_POLL, ctx.is_active)
+            client = clients.register("grpc")
+            try:
+                yield pack(gate_pb.RegisterResponse(client_id=client.id))
+                yield from client.messages(STREAM_POLL, ctx.is_active)
+            finally:
+                clients.unregister(client)
         finally:
-            clients.unregister(client)
+            self.streams -= 1
 
     def CallObject(self, request: gate_pb.CallObjectRequest,
                    ctx: grpc.ServicerContext) -> gate_pb.CallObjectResponse:
