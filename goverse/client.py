@@ -136,7 +136,8 @@ class Client:
         _check_text(type_name, object_id, method)
         message = gate_pb.CallObjectRequest(client_id=self._client_id or "", type=type_name,
                                             id=object_id, method=method, request=packed)
-        answer = self._invoke("CallObject", message, timeout, idempotent=False)
+        answer = self._invoke("CallObject", message, timeout, idempotent=False,
+                              what="%s(%s).%s" % (type_name, object_id, method))
         if response_type is None:
             return answer.response
         response = response_type()
@@ -151,16 +152,18 @@ class Client:
         """Create an object (an empty id asks for a generated one); returns its id."""
         _check_text(type_name, object_id)
         message = gate_pb.CreateObjectRequest(type=type_name, id=object_id)
-        return self._invoke("CreateObject", message, timeout, idempotent=True).id
+        return self._invoke("CreateObject", message, timeout, idempotent=True,
+                            what="%s(%s)" % (type_name, object_id)).id
 
     def delete(self, type_name: str, object_id: str, *, timeout: float | None = None) -> None:
         """Delete an object of the given type; deleting a missing one succeeds."""
         _check_text(type_name, object_id)
         message = gate_pb.DeleteObjectRequest(type=type_name, id=object_id)
-        self._invoke("DeleteObject", message, timeout, idempotent=True)
+        self._invoke("DeleteObject", message, timeout, idempotent=True,
+                     what="%s(%s)" % (type_name, object_id))
 
     def _invoke(self, rpc: str, message: Any, timeout: float | None, *,
-                idempotent: bool) -> Any:
+                idempotent: bool, what: str) -> Any:
         if self._closed:
             raise NodeStopped("client is closed")
         timeout = self.timeout if timeout is None else check_timeout(timeout)
@@ -175,11 +178,18 @@ class Client:
                 return getattr(self._stub(address), rpc)(message, timeout=left)
             except grpc.RpcError as exc:
                 if not _gate_unreachable(exc, idempotent):
-                    raise error_from_rpc(exc) from exc
+                    error = error_from_rpc(exc)
+                    if isinstance(error, CallTimeout) and str(error).startswith(
+                            "DEADLINE_EXCEEDED:"):
+                        # The client's own deadline: gRPC's words name nothing.
+                        error = CallTimeout("%s %s: no answer from gate %s within %.3gs" % (
+                            rpc, what, address, timeout))
+                    raise error from exc
                 failures.append("%s: %s" % (address, exc.details()))
                 self._fail_over(address)
         if not failures:
-            raise CallTimeout("%s did not complete within its %.3gs deadline" % (rpc, timeout))
+            raise CallTimeout("%s %s did not complete within its %.3gs deadline" % (
+                rpc, what, timeout))
         raise PeerUnavailable("%s: no gate could be reached (%s)%s" % (
             rpc, "; ".join(failures), self._tls_hint(failures)))
 

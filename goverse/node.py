@@ -41,8 +41,9 @@ from .errors import (
     NoRoute,
     NotOwner,
     ObjectMethodError,
-    PeerUnreachable,
     OperationCancelled,
+    PeerUnavailable,
+    PeerUnreachable,
     ShardMoved,
     UnknownMethod,
     UnknownObjectType,
@@ -372,8 +373,10 @@ class Node:
 
     def _call_here(self, type_name: str, object_id: str, method: str, request: Any,
                    place: Placement, epoch: int) -> Any:
-        self._check_owner(place, object_id, epoch)
-        return self.host.call(type_name, object_id, method, request, place.shard)
+        owned_epoch = self._check_owner(place, object_id, epoch)
+        response = self.host.call(type_name, object_id, method, request, place.shard)
+        self._check_kept(place, object_id, owned_epoch, method)
+        return response
 
     def _call_remote(self, peer: PeerClient, type_name: str, object_id: str, method: str,
                      request: Any, epoch: int, left: float) -> Any:
@@ -594,12 +597,13 @@ class Node:
 
     # ---- serving requests for owned objects ------------------------------
 
-    def _check_owner(self, place: Placement, object_id: str, epoch: int) -> None:
+    def _check_owner(self, place: Placement, object_id: str, epoch: int) -> int:
+        """Refuse a request for an object not served here; returns the shard's epoch."""
         if place.node is not None:
             if place.node != self.address:
                 raise NotOwner("object %r is pinned to %s, not this node (%s)" % (
                     object_id, place.node, self.address))
-            return
+            return 0
         cluster = self.cluster
         owned_epoch = cluster.owned.get(place.shard)
         if owned_epoch is None or not cluster.serving():
@@ -610,13 +614,37 @@ class Node:
         if epoch and epoch != owned_epoch:
             raise ShardMoved("shard %d of %r is owned by %s at epoch %d, not %d" % (
                 place.shard, object_id, self.address, owned_epoch, epoch))
+        return owned_epoch
+
+    def _check_kept(self, place: Placement, object_id: str, owned_epoch: int,
+                    what: str) -> None:
+        """After a call ran here: was the shard ours all along?
+
+        A method that held the event loop past the lease's margin, or ran on
+        past its object's eviction while the shard moved (the node stopping,
+        say), ran on an activation that another node may have replaced
+        meanwhile. Its answer is not passed off as a success: the caller
+        learns that the call may have run and its effect may be lost.
+        """
+        if place.node is not None:
+            return
+        cluster = self.cluster
+        if cluster.owned.get(place.shard) == owned_epoch and cluster.serving():
+            return
+        raise PeerUnavailable(
+            "%s ran on %s, which lost shard %d of %r while it ran (its lease lapsed or "
+            "the shard moved): it may have taken effect on an activation that is gone, "
+            "and the object may have been active elsewhere meanwhile" % (
+                what, self.address, place.shard, object_id))
 
     def call_owned(self, type_name: str, object_id: str, method: str, request: Any,
                    *, epoch: int) -> Any:
         validate_id(object_id)
         place = placement(object_id, self._num_shards)
-        self._check_owner(place, object_id, epoch)
-        return self.host.call(type_name, object_id, method, request, place.shard)
+        owned_epoch = self._check_owner(place, object_id, epoch)
+        response = self.host.call(type_name, object_id, method, request, place.shard)
+        self._check_kept(place, object_id, owned_epoch, method)
+        return response
 
     def create_owned(self, type_name: str, object_id: str, *, epoch: int) -> str:
         validate_id(object_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import gevent
 from google.protobuf.wrappers_pb2 import BytesValue, Int64Value, StringValue
 
@@ -39,6 +41,14 @@ class Counter(goverse.BaseObject):
     @goverse.method
     def Exit(self, request: StringValue) -> StringValue:
         raise SystemExit(3)  # an object's bug must not end its node
+
+    @goverse.method
+    def Spin(self, request: Int64Value) -> Int64Value:
+        """Hold the event loop for ``request.value`` ms without yielding (a bug)."""
+        end = time.monotonic() + request.value / 1000.0
+        while time.monotonic() < end:
+            pass
+        return request
 
     @goverse.method
     def Raise(self, request: StringValue) -> StringValue:

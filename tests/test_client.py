@@ -82,9 +82,12 @@ def test_errors_keep_their_goverse_class(client):
 
 def test_every_call_has_a_timeout(client):
     started = time.monotonic()
-    with pytest.raises(errors.CallTimeout):
-        client.call("SlowStart", "cl-slow-%d" % time.monotonic_ns(), "IsReady",
-                    StringValue(), timeout=0.05)
+    object_id = "cl-slow-%d" % time.monotonic_ns()
+    # Whichever deadline fires first, the gate's or the client's own, the
+    # error names the call, not only gRPC's status.
+    with pytest.raises(errors.CallTimeout, match=r"SlowStart\(%s\)\.IsReady" % (
+            object_id,)):
+        client.call("SlowStart", object_id, "IsReady", StringValue(), timeout=0.05)
     assert time.monotonic() - started < 2
 
 
@@ -205,3 +208,19 @@ def test_a_plaintext_client_of_a_tls_gate_is_told_tls_may_be_needed(tmp_path):
                 client.create("Counter", "x")
     finally:
         server.stop(0)
+
+
+def test_the_clients_own_deadline_names_the_call():
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections complete, and nothing ever answers
+    address = "127.0.0.1:%d" % silent.getsockname()[1]
+    try:
+        with Client([address], timeout=0.3) as client:
+            with pytest.raises(errors.CallTimeout,
+                               match=r"CallObject Counter\(quiet\)\.Add: no answer from gate "):
+                client.call("Counter", "quiet", "Add", Int64Value(value=1))
+    finally:
+        silent.close()
