@@ -127,7 +127,7 @@ def add_node_service(server: grpc.Server, servicer: NodeServicer) -> None:
              "DeleteObject": (pb.DeleteObjectRequest, pb.DeleteObjectResponse)}
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            _parsing(getattr(servicer, name), request_type),
+            parsing(getattr(servicer, name), request_type),
             response_serializer=response_type.SerializeToString)
         for name, (request_type, response_type) in unary.items()}
     handlers["PeerStream"] = grpc.stream_stream_rpc_method_handler(
@@ -140,8 +140,9 @@ def add_node_service(server: grpc.Server, servicer: NodeServicer) -> None:
         (grpc.method_handlers_generic_handler("goverse.Goverse", handlers),))
 
 
-def _parsing(method: Callable[[Any, grpc.ServicerContext], Any],
-             request_type: Any) -> Callable[[bytes, grpc.ServicerContext], Any]:
+def parsing(method: Callable[[Any, grpc.ServicerContext], Any],
+            request_type: Any) -> Callable[[bytes, grpc.ServicerContext], Any]:
+    """``method`` taking the raw request bytes: bad ones are INVALID_ARGUMENT, said so."""
     def handle(raw: bytes, ctx: grpc.ServicerContext) -> Any:
         request = request_type()
         try:

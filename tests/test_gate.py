@@ -498,3 +498,24 @@ def test_push_streams_leave_workers_for_calls(shared_cluster, etcd_endpoint):
             reader.close()
         channel.close()
         small.stop(grace=1)
+
+
+@pytest.mark.parametrize("method", ["CallObject", "CreateObject", "DeleteObject", "Register"])
+def test_garbage_request_bytes_are_invalid_argument_naming_the_type(gate, method):
+    channel = grpc.insecure_channel(gate.address)
+    try:
+        path = "/gate.GateService/%s" % (method,)
+        if method == "Register":
+            send = channel.unary_stream(path, request_serializer=None,
+                                        response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as info:
+                next(send(b"\xff\xff\xff\xff", timeout=5))
+        else:
+            send = channel.unary_unary(path, request_serializer=None,
+                                       response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as info:
+                send(b"\xff\xff\xff\xff", timeout=5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "request is not a valid gate." in info.value.details()
+    finally:
+        channel.close()

@@ -25,14 +25,13 @@ from gevent.pool import Group, Pool
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
 from .. import runtime, tls
-from .._pb import gate_pb2_grpc as gate_grpc
 from ..config import Settings
 from ..errors import CallTimeout, ConfigError
 from ..node import Node
 from .clients import ClientRegistry
 from .http import GateHttpApp
 from .links import NodeLinks
-from .service import GateServicer
+from .service import GateServicer, add_gate_service
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ class Gate:
 
     def _add_service(self, server: grpc.Server) -> None:
         self._servicer = GateServicer(self)
-        gate_grpc.add_GateServiceServicer_to_server(self._servicer, server)
+        add_gate_service(server, self._servicer)
 
     def require_clients(self, ctx: grpc.ServicerContext) -> ClientRegistry:
         if self.clients is None or self._stopping:

@@ -14,12 +14,13 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import grpc
+from google.protobuf import any_pb2
 
 from .. import callctx as context
 from .._pb import gate_pb2 as gate_pb
 from .._pb import gate_pb2_grpc as gate_grpc
 from ..errors import ERROR_KIND_METADATA, GoverseError, error_kind
-from ..transport import pack
+from ..transport import pack, parsing
 
 if TYPE_CHECKING:
     from .server import Gate
@@ -28,6 +29,33 @@ log = logging.getLogger(__name__)
 
 #: Seconds between checks that a push stream's client is still there.
 STREAM_POLL = 1.0
+
+
+def add_gate_service(server: grpc.Server, servicer: GateServicer) -> None:
+    """Register ``gate.GateService`` on ``server``, parsing requests ourselves.
+
+    As for the node's service (:func:`goverse.transport.add_node_service`):
+    grpc's own deserializer would answer a request it cannot parse with
+    INTERNAL and log a traceback per request, which outside clients could
+    use to flood the gate's log.
+    """
+    methods = {
+        "Register": (grpc.unary_stream_rpc_method_handler, gate_pb.Empty, any_pb2.Any),
+        "CallObject": (grpc.unary_unary_rpc_method_handler, gate_pb.CallObjectRequest,
+                       gate_pb.CallObjectResponse),
+        "CreateObject": (grpc.unary_unary_rpc_method_handler, gate_pb.CreateObjectRequest,
+                         gate_pb.CreateObjectResponse),
+        "DeleteObject": (grpc.unary_unary_rpc_method_handler, gate_pb.DeleteObjectRequest,
+                         gate_pb.DeleteObjectResponse),
+        "ReliableCallObject": (grpc.unary_unary_rpc_method_handler,
+                               gate_pb.ReliableCallObjectRequest,
+                               gate_pb.ReliableCallObjectResponse),
+    }
+    handlers = {name: kind(parsing(getattr(servicer, name), request_type),
+                           response_serializer=response_type.SerializeToString)
+                for name, (kind, request_type, response_type) in methods.items()}
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("gate.GateService", handlers),))
 
 
 class GateServicer(gate_grpc.GateServiceServicer):
