@@ -14,6 +14,7 @@ and only then closes the server.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import time
@@ -214,8 +215,8 @@ class Node:
         except RuntimeError:  # grpc's way of saying the bind failed
             port = 0
         if port == 0:
-            raise GoverseError("cannot listen on %s: the address is in use (another node "
-                               "or program serves there)" % (self.settings.listen,))
+            raise GoverseError("cannot listen on %s: %s" % (
+                self.settings.listen, _why_no_bind(self.settings.listen)))
         host = self.settings.listen.rpartition(":")[0]
         if not self.settings.advertise:
             self.address = "%s:%d" % (host, port)
@@ -945,6 +946,31 @@ def _trace() -> str:
     """`` [trace_id=...]`` when the context carries a trace id, else nothing."""
     trace_id = context.context.get("trace_id")
     return " [trace_id=%s]" % (trace_id,) if trace_id else ""
+
+
+def _why_no_bind(listen: str) -> str:
+    """grpc only says that a bind failed: try it with a plain socket to learn why."""
+    import socket
+
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as exc:
+        return "cannot resolve it (%s)" % (exc,)
+    family, kind, proto, _, address = infos[0]
+    probe = socket.socket(family, kind, proto)
+    try:
+        probe.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return "the address is in use (another node or program serves there)"
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return "no network interface of this machine has that address"
+        return exc.strerror or str(exc)
+    finally:
+        probe.close()
+    return "grpc could not bind it (the port looks free now)"
 
 
 def _id_or_new(object_id: str | None, type_name: str) -> str:

@@ -519,3 +519,26 @@ def test_garbage_request_bytes_are_invalid_argument_naming_the_type(gate, method
         assert "request is not a valid gate." in info.value.details()
     finally:
         channel.close()
+
+
+def test_a_taken_http_port_fails_the_start_and_leaves_the_cluster(shared_cluster,
+                                                                  etcd_endpoint):
+    import socket
+
+    prefix, _ = shared_cluster
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    http_listen = "127.0.0.1:%d" % taken.getsockname()[1]
+    gate = Gate(goverse.Settings.from_mapping(dict(
+        GATE_SETTINGS, http_listen=http_listen, etcd_endpoints=[etcd_endpoint],
+        etcd_prefix=prefix)))
+    try:
+        with pytest.raises(goverse.GoverseError,
+                           match="cannot serve HTTP on %s: Address already in use" % (
+                               http_listen,)):
+            gate.start()
+        assert gate.node.stopped
+    finally:
+        taken.close()
+        gate.stop(grace=0)

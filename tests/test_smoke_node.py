@@ -34,3 +34,14 @@ def test_member_key_deleted_by_hand_comes_back(make_node):
     node = make_node(num_shards=64)
     node.cluster.client.delete(node.cluster._member_key())
     wait_until(lambda: node.address in node.cluster.state.nodes, 10)
+
+
+def test_a_listen_address_of_no_local_interface_is_said_so(make_node):
+    import pytest
+
+    import goverse
+
+    # A documentation address (TEST-NET-1): binding it fails here, locally.
+    with pytest.raises(goverse.GoverseError,
+                       match="cannot listen on 192.0.2.1:0: no network interface"):
+        make_node(num_shards=64, listen="192.0.2.1:0")

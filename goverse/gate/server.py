@@ -26,7 +26,7 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
 from .. import runtime, tls
 from ..config import Settings
-from ..errors import CallTimeout, ConfigError
+from ..errors import CallTimeout, ConfigError, GoverseError
 from ..node import Node
 from .clients import ClientRegistry
 from .http import GateHttpApp
@@ -98,7 +98,13 @@ class Gate:
                                credentials=self._link_credentials())
         self._group.spawn(self._follow_membership)
         if self.settings.http_listen:
-            self._start_http()
+            try:
+                self._start_http()
+            except OSError as exc:
+                self.stop(grace=0)  # it has joined the cluster: leave it again
+                raise GoverseError("gate %s cannot serve HTTP on %s: %s" % (
+                    self.address, self.settings.http_listen,
+                    exc.strerror or exc)) from exc
         log.info("gate serving gRPC on %s%s", self.address,
                  ", HTTP on %s" % self.http_address if self.http_address else "")
         if wait_ready and not self.wait_ready(timeout):
@@ -119,10 +125,11 @@ class Gate:
         access_log = LoggingLogAdapter(logging.getLogger("goverse.gate.access"),
                                        logging.DEBUG)
         # Handlers run in a pool the gate owns, so stop() ends open event streams.
-        self._http = WSGIServer((host.strip("[]"), int(port)), app, spawn=Pool(),
-                                log=access_log, error_log=log)
-        self._http.start()
-        self.http_address = "%s:%d" % (host, self._http.server_port)
+        server = WSGIServer((host.strip("[]"), int(port)), app, spawn=Pool(),
+                            log=access_log, error_log=log)
+        server.start()
+        self._http = server
+        self.http_address = "%s:%d" % (host, server.server_port)
 
     def _follow_membership(self) -> None:
         cluster = self.node.cluster
