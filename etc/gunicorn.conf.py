@@ -12,7 +12,11 @@ import os
 
 bind = os.environ.get("GOVERSE_ADMIN_BIND", "127.0.0.1:8081")
 worker_class = "gevent"
-workers = int(os.environ.get("GOVERSE_ADMIN_WORKERS", "1"))
+_workers = os.environ.get("GOVERSE_ADMIN_WORKERS", "1")
+if not (_workers.isascii() and _workers.isdigit() and int(_workers) >= 1):
+    raise SystemExit("GOVERSE_ADMIN_WORKERS must be a whole number of at least 1, got %r"
+                     % (_workers,))
+workers = int(_workers)
 worker_connections = 100
 preload_app = False
 # A request waits at most for etcd and one per-node timeout; this is only

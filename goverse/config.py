@@ -137,8 +137,14 @@ def _text_to_bool(text: str) -> bool:
 
 
 def _text_to_list(text: str) -> tuple[str, ...]:
-    items = (item.strip() for item in text.split(","))
-    return tuple(item for item in items if item)
+    items = tuple(item.strip() for item in text.split(","))
+    kept = tuple(item for item in items if item)
+    if text.strip() and not kept:
+        # Commas and nothing else: most likely a variable filled wrongly,
+        # which must not pass for "none" (no etcd endpoints starts an
+        # embedded etcd, say).
+        raise ValueError("a comma-separated list with no items in it")
+    return kept
 
 
 def _text_to_duration(text: str) -> float:

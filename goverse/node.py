@@ -36,6 +36,7 @@ from .cluster import Cluster
 from .config import Settings
 from .errors import (
     CallTimeout,
+    ConfigError,
     GoverseError,
     MessageTooLarge,
     NodeStopped,
@@ -126,6 +127,8 @@ class Node:
         self.settings = settings.replace(**overrides) if overrides else settings
         self.registry = registry or default_registry
         #: "node" hosts objects; "gate" routes requests and hosts none.
+        if role not in ("node", "gate"):
+            raise ConfigError("role must be 'node' or 'gate', got %r" % (role,))
         self.role = role
         #: Called with the gRPC server before it starts, to add services
         #: (a gate adds its GateService beside the node service).
@@ -438,8 +441,12 @@ class Node:
 
     def _owner_of(self, place: Placement, object_id: str) -> tuple[str | None, int]:
         if place.node is not None:
-            if place.node == self.address or self.cluster.is_member(place.node):
+            if (place.node == self.address and self.role == "node") \
+                    or self.cluster.is_member(place.node):
                 return place.node, 0
+            if place.node == self.address or place.node in self.cluster.state.gates:
+                raise NoRoute("object %r is pinned to %s, a gate: gates host no objects" % (
+                    object_id, place.node))
             raise NoRoute("object %r is pinned to node %s, which is not in the cluster" % (
                 object_id, place.node))
         return self.cluster.route(place.shard)
@@ -716,6 +723,7 @@ class Node:
     def create_object(self, type_name: str, object_id: str | None = None, *,
                       wait: bool = False, timeout: float | None = None) -> str:
         """Create an object and return its id at once (``wait=True``: when done)."""
+        _check_type_name(type_name)
         op = self._start_operation("CreateObject", _id_or_new(object_id, type_name),
                                    self._create_anywhere, type_name, wait=wait,
                                    timeout=timeout)
@@ -726,6 +734,7 @@ class Node:
     def create_object_async(self, type_name: str, object_id: str | None = None, *,
                             timeout: float | None = None) -> Operation:
         """Create an object; the returned handle follows the operation."""
+        _check_type_name(type_name)
         return self._start_operation("CreateObject", _id_or_new(object_id, type_name),
                                      self._create_anywhere, type_name, timeout=timeout)
 
@@ -906,6 +915,17 @@ class Node:
                 "objects": len(self.host), "calls_served": self.host.calls_served,
                 "pending_operations": len(self._detached),
                 "peers": self.peer_queue_depths(), "cluster": view}
+
+
+def _check_type_name(type_name: Any) -> None:
+    if not isinstance(type_name, str) or not type_name:
+        raise UnknownObjectType("an object type must be a non-empty str, got %s %r" % (
+            type(type_name).__name__, type_name))
+    try:
+        type_name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnknownObjectType("object type %r is not valid UTF-8 text" % (
+            type_name,)) from None
 
 
 def _check_call_arguments(registry: TypeRegistry, type_name: Any, method: Any,

@@ -143,6 +143,11 @@ def test_list_from_env_is_comma_separated() -> None:
     assert settings.etcd_endpoints == ("a:2379", "b:2379")
 
 
+def test_a_list_of_only_commas_is_an_error_not_an_empty_list() -> None:
+    with pytest.raises(ConfigError, match="GOVERSE_ETCD_ENDPOINTS.*no items"):
+        load(environ={"GOVERSE_ETCD_ENDPOINTS": ",,,"})
+
+
 def test_list_from_flag_is_comma_separated() -> None:
     settings = load(["--objects", "app.rooms,app.users"])
 

@@ -416,6 +416,8 @@ def test_static_files_are_served_beside_the_api(nodes, make_gate, tmp_path):
     assert headers["Content-Type"].startswith("text/html")
     assert http("GET", base + "/app/../../etc/passwd")[0] == 404
     assert http("GET", base + "/app/missing.js")[0] == 404
+    status, headers, body = http("GET", base + "/app/a%00b")
+    assert status == 404 and body["code"] == "NOT_FOUND", body
 
 
 def test_gate_status_endpoint(gate, nodes):
@@ -542,3 +544,9 @@ def test_a_taken_http_port_fails_the_start_and_leaves_the_cluster(shared_cluster
     finally:
         taken.close()
         gate.stop(grace=0)
+
+
+def test_an_id_pinned_to_a_gate_has_no_route(gate, stub):
+    code, details, kind = rpc_error(call, stub, "Counter", "%s/pinned" % gate.address, "Add",
+                                    Int64Value(value=1))
+    assert kind == "NoRoute" and "gates host no objects" in details, (code, details)

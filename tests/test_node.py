@@ -348,3 +348,16 @@ def test_a_call_that_outlives_the_lease_is_not_passed_off_as_a_success(node):
     # The node registers again and serves the object afresh.
     wait_until(lambda: node.cluster.is_ready(), 20)
     assert node.call_object("Counter", "spinner", "Spin", Int64Value(value=1)).value == 1
+
+
+@pytest.mark.parametrize("type_name", [None, "", 7, "bad\udc80"])
+def test_create_refuses_a_type_that_is_no_name_at_once(node, type_name):
+    with pytest.raises(goverse.UnknownObjectType, match="type"):
+        node.create_object(type_name, "typed-%d" % id(type_name))
+    with pytest.raises(goverse.UnknownObjectType, match="type"):
+        node.create_object_async(type_name, "typed-async")
+
+
+def test_a_node_role_other_than_node_or_gate_is_refused():
+    with pytest.raises(goverse.ConfigError, match="role must be 'node' or 'gate', got 'Gate'"):
+        goverse.Node(goverse.Settings.from_mapping({}), role="Gate")

@@ -87,15 +87,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a whole number, got %r" % (text,)) from None
+
+
 def _positive(text: str) -> int:
-    value = int(text)
+    value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1, got %d" % value)
     return value
 
 
 def _at_least_two(text: str) -> int:
-    value = int(text)
+    value = _whole_number(text)
     if value < 2:
         raise argparse.ArgumentTypeError("a transfer needs two accounts, got %d" % value)
     return value

@@ -254,6 +254,8 @@ class GateHttpApp:
         if not path.startswith(prefix):
             raise BadRequest("nothing at %s" % (path[:200],), 404, "NOT_FOUND")
         relative = path[len(prefix):] or "index.html"
+        if "\0" in relative:  # no file name holds a NUL; os calls would raise on it
+            raise BadRequest("nothing at %r" % (path[:200],), 404, "NOT_FOUND")
         full = os.path.realpath(os.path.join(self.static_dir, relative))
         if not full.startswith(self.static_dir + os.sep) or not os.path.isfile(full):
             raise BadRequest("nothing at %s" % (path[:200],), 404, "NOT_FOUND")
