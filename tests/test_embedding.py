@@ -65,6 +65,7 @@ def test_embedded_app_serves_its_handlers_and_the_admin(embedded_app):
         status, _, body = fetch(base + "/count/apples")
         assert (status, body) == (200, b"apples %d\n" % expected)
     assert fetch(base + "/count/pears")[2] == b"pears 1\n"
+    assert fetch(base + "/count/caf%C3%A9")[2] == "café 1\n".encode()
     assert fetch(base + "/nothing-here")[0] == 404
 
     status, headers, body = fetch(base + "/goverse/healthz")
@@ -73,7 +74,7 @@ def test_embedded_app_serves_its_handlers_and_the_admin(embedded_app):
     assert fetch(base + "/goverse/ready")[0] == 200
 
     listing = json.loads(fetch(base + "/goverse/objects?type=PathCounter")[2])
-    assert sorted(row["id"] for row in listing["objects"]) == ["path:apples", "path:pears"]
+    assert sorted(row["id"] for row in listing["objects"]) == ["path:apples", "path:café", "path:pears"]
     detail = json.loads(fetch(base + "/goverse/objects/path:apples")[2])
     assert detail["calls_served"] == 3 and detail["type"] == "PathCounter"
 

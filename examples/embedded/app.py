@@ -43,7 +43,11 @@ log = logging.getLogger("examples.embedded")
 
 def counter_app(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
     """The application's own handlers, written as any WSGI app would be."""
-    path = environ.get("PATH_INFO", "")
+    # PEP 3333 hands the path over as its bytes read as latin-1; URLs carry UTF-8.
+    try:
+        path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return _text(start_response, "400 Bad Request", "the URL path is not UTF-8\n")
     if path == "/":
         return _text(start_response, "200 OK",
                      "GET /count/<name> counts hits; the admin is at /goverse/\n")
