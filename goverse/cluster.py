@@ -162,6 +162,8 @@ class Cluster:
         self.releasing: set[int] = set()
         self.lease_id = 0
         self._lease_valid_until = 0.0
+        #: When etcd may expire the lease at the earliest (no renewal since).
+        self._lease_expires_at = 0.0
         self._membership_changed = time.monotonic()
         self._changed = Event()
         self._wake = Event()
@@ -310,6 +312,7 @@ class Cluster:
             granted_at = renewed_at
         self.lease_id = lease_id
         self._lease_valid_until = granted_at + self._safe_ttl(ttl)
+        self._lease_expires_at = granted_at + ttl
 
     def _member_info(self) -> str:
         # "started" is a wall-clock timestamp for people reading the key,
@@ -451,6 +454,19 @@ class Cluster:
         """True while this node's lease is surely alive (checked on every call)."""
         return time.monotonic() < self._lease_valid_until and not self._lease_tainted
 
+    def held_throughout(self, shard: int, epoch: int) -> bool:
+        """Has this node held ``shard`` at ``epoch`` all along, as far as it can tell?
+
+        Asked when a call ends: the shard must not have been dropped or
+        moved meanwhile, and the lease must not have lapsed. The lease is
+        judged by when etcd could expire it at the earliest, not by
+        :meth:`serving`'s earlier margin: that margin stops new work in
+        time, while a call that was inside it when it started and ends
+        before the lease can expire overlapped with no other owner.
+        """
+        return (self.owned.get(shard) == epoch and not self._lease_tainted
+                and time.monotonic() < self._lease_expires_at)
+
     def accepts(self, shard: int | None) -> bool:
         """May this node activate objects of ``shard`` now?"""
         if shard is None:
@@ -581,6 +597,7 @@ class Cluster:
             self._replace_lease()
             return
         self._lease_valid_until = sent + self._safe_ttl(remaining)
+        self._lease_expires_at = sent + remaining
 
     def _check_lease_deadline(self) -> None:
         if not self.serving() and not self._lease_tainted and not self._stopping:

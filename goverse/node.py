@@ -634,10 +634,7 @@ class Node:
         meanwhile. Its answer is not passed off as a success: the caller
         learns that the call may have run and its effect may be lost.
         """
-        if place.node is not None:
-            return
-        cluster = self.cluster
-        if cluster.owned.get(place.shard) == owned_epoch and cluster.serving():
+        if place.node is not None or self.cluster.held_throughout(place.shard, owned_epoch):
             return
         raise PeerUnavailable(
             "%s ran on %s, which lost shard %d of %r while it ran (its lease lapsed or "

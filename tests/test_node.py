@@ -340,9 +340,9 @@ def test_a_timeout_that_is_no_usable_number_is_refused_at_once(node, timeout):
 
 
 def test_a_call_that_outlives_the_lease_is_not_passed_off_as_a_success(node):
-    # Held past the lease's margin, the node can no longer be sure that no
-    # other node took the shard (and activated the object) meanwhile.
-    held = int((node.cluster._safe_ttl(node.settings.lease_ttl) + 0.5) * 1000)
+    # Held past the lease's time to live, the node can no longer be sure
+    # that no other node took the shard (and activated the object) meanwhile.
+    held = int((node.settings.lease_ttl + 0.5) * 1000)
     with pytest.raises(goverse.PeerUnavailable, match="lost shard .* while it ran"):
         node.call_object("Counter", "spinner", "Spin", Int64Value(value=held), timeout=30)
     # The node registers again and serves the object afresh.
