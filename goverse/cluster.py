@@ -617,11 +617,10 @@ class Cluster:
         self.statistics["lease_losses"] += 1
         if shards:
             log.error("%r stops serving %d shards: %s", self, len(shards), reason)
+            self._on_release(shards, time.monotonic())
         else:  # a gate, or a second report of a loss already handled
             log.warning("%r has no lease it can trust (%s); it served no shards", self,
                         reason)
-        if shards:
-            self._on_release(shards, time.monotonic())
         self._on_lost(reason)
 
     def _replace_lease(self) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import socket
 import time
 import uuid
 from concurrent import futures
@@ -628,10 +629,10 @@ class Node:
                     what: str) -> None:
         """After a call ran here: was the shard ours all along?
 
-        A method that held the event loop past the lease's margin, or ran on
-        past its object's eviction while the shard moved (the node stopping,
-        say), ran on an activation that another node may have replaced
-        meanwhile. Its answer is not passed off as a success: the caller
+        A method that held the event loop past the lease's time to live, or
+        ran on past its object's eviction while the shard moved (the node
+        stopping, say), ran on an activation that another node may have
+        replaced meanwhile. Its answer is not passed off as a success: the caller
         learns that the call may have run and its effect may be lost.
         """
         if place.node is not None or self.cluster.held_throughout(place.shard, owned_epoch):
@@ -645,11 +646,8 @@ class Node:
     def call_owned(self, type_name: str, object_id: str, method: str, request: Any,
                    *, epoch: int) -> Any:
         validate_id(object_id)
-        place = placement(object_id, self._num_shards)
-        owned_epoch = self._check_owner(place, object_id, epoch)
-        response = self.host.call(type_name, object_id, method, request, place.shard)
-        self._check_kept(place, object_id, owned_epoch, method)
-        return response
+        return self._call_here(type_name, object_id, method, request,
+                               placement(object_id, self._num_shards), epoch)
 
     def create_owned(self, type_name: str, object_id: str, *, epoch: int) -> str:
         validate_id(object_id)
@@ -967,8 +965,6 @@ def _trace() -> str:
 
 def _why_no_bind(listen: str) -> str:
     """grpc only says that a bind failed: try it with a plain socket to learn why."""
-    import socket
-
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     try:

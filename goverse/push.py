@@ -27,6 +27,8 @@ _CLOSE = object()
 
 def gate_of(client_id: str) -> str:
     """The gate address part of a client id."""
+    if not isinstance(client_id, str):
+        raise InvalidObjectId("client id %r is not a string" % (client_id,))
     gate, sep, rest = client_id.partition("/")
     if not sep or not gate or not rest:
         raise InvalidObjectId("client id %r is not of the form <gate-address>/<id>" % (
@@ -84,8 +86,6 @@ class GateLinks:
         by_gate: dict[str, list[str]] = {}
         for client_id in client_ids:
             try:
-                if not isinstance(client_id, str):
-                    raise InvalidObjectId("client id %r is not a string" % (client_id,))
                 gate = gate_of(client_id)
             except InvalidObjectId as exc:
                 self.counts["dropped_bad_id"] += 1
